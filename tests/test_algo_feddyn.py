@@ -8,6 +8,7 @@ from torch import nn
 
 from semanticfl.algorithms.base import (
     AlgorithmSetup,
+    Batch,
     ClientTask,
     ClientUpdate,
     LocalSettings,
@@ -47,7 +48,7 @@ def test_local_gradient_is_ce_gradient_minus_g_plus_alpha_distance():
     with torch.no_grad():
         model.classifier.weight.copy_(torch.tensor(w))
         model.classifier.bias.copy_(torch.tensor(b))
-    loss, _ = feddyn.local_loss(model, torch.tensor(x), torch.tensor(y), context)
+    loss, _ = feddyn.local_loss(model, Batch(torch.tensor(x), torch.tensor(y)), context)
     loss.backward()
     ce_w, ce_b = softmax_ce_gradient(w, b, x, y)
     np.testing.assert_allclose(model.classifier.weight.grad.numpy(), ce_w - g_w + alpha * (w - w_prev), rtol=1e-12, atol=1e-12)
@@ -62,7 +63,7 @@ def test_first_round_gradient_state_is_zero_so_the_loss_is_ce_plus_proximal_term
     with torch.no_grad():
         model.classifier.weight.fill_(1.0)  # ‖θ − θ_prev‖² = 4
     x, y = torch.zeros(1, 2, dtype=torch.float64), torch.tensor([0])
-    loss, _ = feddyn.local_loss(model, x, y, context)  # logits are 0: CE = log 2
+    loss, _ = feddyn.local_loss(model, Batch(x, y), context)  # logits are 0: CE = log 2
     assert loss.item() == pytest.approx(np.log(2) + 0.5 * 0.5 * 4)
 
 

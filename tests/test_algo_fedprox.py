@@ -8,6 +8,7 @@ from torch import nn
 
 from semanticfl.algorithms.base import (
     AlgorithmSetup,
+    Batch,
     ClientTask,
     ClientUpdate,
     LocalSettings,
@@ -52,7 +53,7 @@ def test_local_gradient_is_ce_gradient_plus_mu_times_distance():
     with torch.no_grad():  # "local training" moved the model away from w_global
         model.classifier.weight.copy_(torch.tensor(w))
         model.classifier.bias.copy_(torch.tensor(b))
-    loss, logits = fedprox.local_loss(model, torch.tensor(x), torch.tensor(y), context)
+    loss, logits = fedprox.local_loss(model, Batch(torch.tensor(x), torch.tensor(y)), context)
     loss.backward()
 
     grad_w, grad_b = softmax_ce_gradient(w, b, x, y)

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from helpers import striped_local_data
 
-from semanticfl.algorithms.base import AlgorithmSetup, ClientTask, ClientUpdate, LocalSettings
+from semanticfl.algorithms.base import AlgorithmSetup, Batch, ClientTask, ClientUpdate, LocalSettings
 from semanticfl.algorithms.fedavg import FedAvg
 from semanticfl.algorithms.fedrcl import FedRCL, intermediate_levels
 from semanticfl.errors import UserError
@@ -75,7 +75,7 @@ def test_multi_level_loss_averages_the_levels():
     fedrcl = FedRCL(FedRCL.Params(), SETUP)
     images, labels = torch.rand(6, 1, 8, 8), torch.tensor([0, 0, 1, 1, 2, 2])
     context = fedrcl.begin_local(model, None, ClientTask(1), SETTINGS)
-    loss, logits = fedrcl.local_loss(model, images, labels, context)
+    loss, logits = fedrcl.local_loss(model, Batch(images, labels), context)
     fedrcl.end_local(model, context, ClientTask(1), 1)
     assert not any(m._forward_hooks for m in model.modules())  # hooks removed
     # independent: run the pieces by hand
@@ -91,7 +91,7 @@ def test_multi_level_loss_averages_the_levels():
     torch.testing.assert_close(loss, F.cross_entropy(expected_logits, labels) + rcl)
     single = FedRCL(FedRCL.Params(multi_level=False), SETUP)
     context1 = single.begin_local(model, None, ClientTask(1), SETTINGS)
-    loss1, _ = single.local_loss(model, images, labels, context1)
+    loss1, _ = single.local_loss(model, Batch(images, labels), context1)
     final_only = F.cross_entropy(expected_logits, labels) + fedrcl.relaxed_contrastive_loss(features, labels)
     torch.testing.assert_close(loss1, final_only)
 

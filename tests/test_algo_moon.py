@@ -32,7 +32,7 @@ def test_model_contrastive_loss_matches_eq3():
     zp = [[-1.0, 0.0, 3.0], [1.0, 1.0, 0.0]]
     tau = 0.5
     expected = sum(_lcon_by_hand(*rows, tau) for rows in zip(z, zg, zp)) / 2
-    as_t = lambda rows: torch.tensor(rows, dtype=torch.float64)  # noqa: E731
+    as_t = lambda rows: torch.tensor(rows, dtype=torch.float64)
     got = model_contrastive_loss(as_t(z), as_t(zg), as_t(zp), tau).item()
     assert got == pytest.approx(expected, rel=1e-12)
 

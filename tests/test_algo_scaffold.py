@@ -43,7 +43,7 @@ def _scaffold(**params):
 
 
 def test_option_ii_update_on_known_tensors():
-    t = lambda *v: torch.tensor(v, dtype=torch.float32)  # noqa: E731
+    t = lambda *v: torch.tensor(v, dtype=torch.float32)
     x, y, c, c_i = t(1.0, 2.0), t(0.5, 3.0), t(0.2, -0.1), t(0.05, 0.3)
     # c_i⁺ = c_i − c + (x − y)/(K η) with K = 4, η = 0.1: (x − y)/0.4 = (1.25, −2.5)
     out = option_ii_update({"w": c_i}, {"w": c}, {"w": x}, {"w": y}, steps=4, lr=0.1)

@@ -16,7 +16,7 @@ import tomllib
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import Any, get_args, get_origin, get_type_hints
 
 import tomli_w
 
@@ -46,6 +46,9 @@ class DataConfig:
     train_fraction: float = 1.0
     """Share of the remaining training set (seeded random subset) that clients partition;
     < 1 sizes an experiment down to a small machine."""
+    holdout_seed: int = 0
+    """Seed of the server holdout's draw; independent of ``experiment.seed`` so every seed of a
+    study withholds the same public split (the one an offline teacher was trained on)."""
 
 
 @dataclass
@@ -112,6 +115,32 @@ class EngineConfig:
 
 
 @dataclass
+class TeacherConfig:
+    """The frozen semantic teacher of teacher-guided algorithms (FedDifRC, SemanticFL).
+
+    What is extracted (timestep, layers, prompts) belongs to the algorithm's own table; this
+    section says which teacher and how to run it.
+    """
+
+    kind: str = "offline"
+    """``offline`` (the project's small latent diffusion model) or ``stable_diffusion``."""
+    path: str = ""
+    """Offline: a weights folder ("" = the one shipped for the dataset). Stable Diffusion: a
+    local diffusers folder, or a hub id when ``allow_download`` and a network exist."""
+    allow_download: bool = False
+    resolution: int = 32
+    """Images are resized to this before the VAE (a multiple of the VAE's downsampling)."""
+    noise_draws: int = 1
+    """Features averaged over this many noise draws."""
+    batch_size: int = 128
+    """Images per U-Net call (prompt repeats count); bounds the extraction's memory."""
+    fit_samples: int = 2000
+    """Public-split samples the per-layer PCA is fitted on."""
+    cache_dir: str = ""
+    """Feature store root ("" = $SEMANTICFL_CACHE/features or ~/.cache/semanticfl/features)."""
+
+
+@dataclass
 class AlgorithmConfig:
     """The algorithm's name; its hyperparameters sit in ``[algorithm.<name>]``."""
 
@@ -130,6 +159,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
     algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
 
     def algorithm_params(self) -> dict[str, Any]:
@@ -173,6 +203,11 @@ def _check_value(value: Any, expected: Any, where: str) -> Any:
         if not isinstance(value, str):
             raise UserError(f"{where} must be a string, got {value!r}")
         return value
+    if get_origin(expected) is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise UserError(f"{where} must be a list, e.g. [1, 2, 3], got {value!r}")
+        item_type = get_args(expected)[0]
+        return tuple(_check_value(item, item_type, f"{where}[{i}]") for i, item in enumerate(value))
     return value
 
 
@@ -279,6 +314,21 @@ def validate(config: Config) -> None:
         f"data.train_fraction must be in (0, 1], got {config.data.train_fraction}",
     )
     _require(bool(config.experiment.name.strip()), "experiment.name must not be empty")
+    _validate_teacher(config.teacher)
+
+
+def _validate_teacher(teacher: TeacherConfig) -> None:
+    _require(
+        teacher.kind in ("offline", "stable_diffusion"),
+        f"teacher.kind must be 'offline' or 'stable_diffusion', got {teacher.kind!r}",
+    )
+    _require(
+        teacher.resolution >= 8 and teacher.resolution % 8 == 0,
+        f"teacher.resolution must be a multiple of 8 (>= 8), got {teacher.resolution}",
+    )
+    _require(teacher.noise_draws >= 1, f"teacher.noise_draws must be >= 1, got {teacher.noise_draws}")
+    _require(teacher.batch_size >= 1, f"teacher.batch_size must be >= 1, got {teacher.batch_size}")
+    _require(teacher.fit_samples >= 2, f"teacher.fit_samples must be >= 2, got {teacher.fit_samples}")
 
 
 # --------------------------------------------------------------------------- files and overrides

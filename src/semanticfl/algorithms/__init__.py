@@ -11,6 +11,7 @@ from typing import Any
 from semanticfl.algorithms.base import Algorithm, AlgorithmSetup, params_from_dict
 from semanticfl.algorithms.fedavg import FedAvg
 from semanticfl.algorithms.fedcda import FedCDA
+from semanticfl.algorithms.feddifrc import FedDifRC
 from semanticfl.algorithms.feddisco import FedDisco
 from semanticfl.algorithms.feddyn import FedDyn
 from semanticfl.algorithms.fednh import FedNH
@@ -32,6 +33,7 @@ ALGORITHMS: dict[str, type[Algorithm]] = {
     FedRCL.name: FedRCL,
     FedDisco.name: FedDisco,
     FedCDA.name: FedCDA,
+    FedDifRC.name: FedDifRC,
 }
 
 

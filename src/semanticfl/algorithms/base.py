@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from semanticfl.models import load_numpy_state, state_to_numpy
+from semanticfl.teachers.base import FeatureRequest
 
 Arrays = dict[str, np.ndarray]
 """Named arrays: a model state, a control variate, features... whatever crosses the wire."""
@@ -46,6 +47,30 @@ class LocalSettings:
 
 
 @dataclass
+class Batch:
+    """One minibatch: transformed images, labels and the samples' rows of any per-sample targets."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    targets: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        """``images, labels = batch`` for code that needs nothing else."""
+        return iter((self.images, self.labels))
+
+    def to(self, device: str) -> Batch:
+        return Batch(
+            self.images.to(device),
+            self.labels.to(device),
+            {name: value.to(device) for name, value in self.targets.items()},
+        )
+
+
+TargetReader = Callable[[np.ndarray], dict[str, torch.Tensor]]
+"""Local row positions → per-sample targets (e.g. cached teacher features) for those rows."""
+
+
+@dataclass
 class LocalData:
     """A client's private training data, decoded once, transformed per batch."""
 
@@ -55,18 +80,19 @@ class LocalData:
     """int64, N."""
     transform: Callable[[torch.Tensor, torch.Generator], torch.Tensor]
     """uint8 batch → float batch (normalisation and, for training, augmentation)."""
+    targets: TargetReader | None = None
+    """Per-sample targets read for each batch (teacher-guided algorithms); ``None`` for the rest."""
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
 
-    def batches(
-        self, batch_size: int, generator: torch.Generator
-    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def batches(self, batch_size: int, generator: torch.Generator) -> Iterator[Batch]:
         """One shuffled pass over the data (the last batch may be smaller)."""
         order = torch.randperm(len(self), generator=generator)
         for start in range(0, len(self), batch_size):
             index = order[start : start + batch_size]
-            yield self.transform(self.images[index], generator), self.labels[index]
+            targets = self.targets(index.numpy()) if self.targets is not None else {}
+            yield Batch(self.transform(self.images[index], generator), self.labels[index], targets)
 
     def label_histogram(self, num_classes: int) -> np.ndarray:
         """Samples per class, as FedDisco/FedNH-style methods need."""
@@ -141,6 +167,10 @@ class Algorithm:
         self.parameter_names = tuple(name for name, p in model.named_parameters() if p.requires_grad)
         return model
 
+    def feature_requests(self) -> tuple[FeatureRequest, ...]:
+        """Per-sample teacher features this algorithm reads from ``Batch.targets`` (none here)."""
+        return ()
+
     def trainable_parameter_names(self) -> tuple[str, ...]:
         """The names :meth:`extend_model` recorded, or a clear error if it was never called."""
         if self.parameter_names is None:
@@ -166,14 +196,14 @@ class Algorithm:
         model.train()
         totals = _RunningTotals()
         for _ in range(settings.epochs):
-            for images, labels in data.batches(settings.batch_size, generator):
-                images, labels = images.to(settings.device), labels.to(settings.device)
+            for batch in data.batches(settings.batch_size, generator):
+                batch = batch.to(settings.device)
                 optimizer.zero_grad(set_to_none=True)
-                loss, logits = self.local_loss(model, images, labels, context)
+                loss, logits = self.local_loss(model, batch, context)
                 loss.backward()
                 self.before_step(model, context)
                 optimizer.step()
-                totals.add(loss.detach(), logits.detach(), labels)
+                totals.add(loss.detach(), logits.detach(), batch.labels)
         extra = self.end_local(model, context, task, totals.steps)
         return ClientUpdate(
             arrays=state_to_numpy(model),
@@ -197,11 +227,11 @@ class Algorithm:
         )
 
     def local_loss(
-        self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, context: Any
+        self, model: nn.Module, batch: Batch, context: Any
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The local objective; FedAvg minimises cross-entropy. Returns (loss, logits)."""
-        _, logits = model(images)
-        return F.cross_entropy(logits, labels), logits
+        _, logits = model(batch.images)
+        return F.cross_entropy(logits, batch.labels), logits
 
     def before_step(self, model: nn.Module, context: Any) -> None:
         """Edit gradients after backward, before the optimizer step (SCAFFOLD's correction)."""

@@ -197,4 +197,4 @@ class FedDisco(Algorithm):
         }
 
 
-__all__ = ["FedDisco", "FedDiscoParams", "HISTOGRAM_KEY"]
+__all__ = ["HISTOGRAM_KEY", "FedDisco", "FedDiscoParams"]

@@ -36,6 +36,7 @@ from semanticfl.algorithms.base import (
     Algorithm,
     AlgorithmSetup,
     Arrays,
+    Batch,
     ClientTask,
     ClientUpdate,
     LocalData,
@@ -115,12 +116,13 @@ class FedDyn(Algorithm):
         return FedDynContext(previous=snapshot(model), gradient=parameter_tensors(task.state, model))
 
     def local_loss(
-        self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, context: Any
+        self, model: nn.Module, batch: Batch, context: Any
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Alg. 1: ``L_k(θ) − ⟨g_k, θ⟩ + (α/2)‖θ − θ^{t−1}‖²``.
 
         Its gradient is ``∇L_k(θ) − g_k + α(θ − θ^{t−1})``.
         """
+        images, labels = batch.images, batch.labels
         _, logits = model(images)
         alpha = self.params.alpha
         loss = (

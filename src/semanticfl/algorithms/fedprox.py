@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from semanticfl.algorithms.base import Algorithm, ClientTask, LocalData, LocalSettings
+from semanticfl.algorithms.base import Algorithm, Batch, ClientTask, LocalData, LocalSettings
 from semanticfl.algorithms.regularizers import TensorDict, snapshot, squared_distance
 from semanticfl.errors import UserError
 
@@ -55,9 +55,10 @@ class FedProx(Algorithm):
         return snapshot(model)
 
     def local_loss(
-        self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, context: Any
+        self, model: nn.Module, batch: Batch, context: Any
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Eq. (2): ``F_k(w) + (μ/2)‖w − w^t‖²``; its gradient is ``∇F_k(w) + μ(w − w^t)``."""
+        images, labels = batch.images, batch.labels
         _, logits = model(images)
         loss = F.cross_entropy(logits, labels)
         if self.params.mu:

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
-from semanticfl.algorithms.base import Algorithm, Arrays, ClientTask, LocalData, LocalSettings
+from semanticfl.algorithms.base import Algorithm, Arrays, Batch, ClientTask, LocalData, LocalSettings
 from semanticfl.algorithms.contrastive import relaxed_contrastive_penalty, supervised_contrastive
 from semanticfl.errors import UserError
 from semanticfl.models.resnet import ResNet
@@ -124,9 +124,10 @@ class FedRCL(Algorithm):
         return context
 
     def local_loss(
-        self, model: nn.Module, images: Tensor, labels: Tensor, context: _Context
+        self, model: nn.Module, batch: Batch, context: _Context
     ) -> tuple[Tensor, Tensor]:
         """``CE + w_rcl · mean_l L_RCL(z^(l))`` over the levels captured in this forward pass."""
+        images, labels = batch.images, batch.labels
         context.captured.clear()
         features, logits = model(images)
         loss = F.cross_entropy(logits, labels)

@@ -42,6 +42,7 @@ from torch import Tensor, nn
 from semanticfl.algorithms.base import (
     Algorithm,
     Arrays,
+    Batch,
     ClientTask,
     LocalData,
     LocalSettings,
@@ -146,9 +147,10 @@ class MOON(Algorithm):
         return _Context(global_model, previous_model)
 
     def local_loss(
-        self, model: nn.Module, images: Tensor, labels: Tensor, context: _Context
+        self, model: nn.Module, batch: Batch, context: _Context
     ) -> tuple[Tensor, Tensor]:
         """Eq. (4): ``ℓ = CE(logits, y) + μ ℓ_con(z, z_glob, z_prev)``."""
+        images, labels = batch.images, batch.labels
         z, logits = model(images)
         loss = F.cross_entropy(logits, labels)
         if self.params.mu == 0:

@@ -49,7 +49,7 @@ class Experiment:
     def holdout_indices(self) -> np.ndarray:
         """Training samples withheld from every client (stratified, seeded)."""
         return stratified_holdout(
-            self.dataset.train_labels, self.config.data.server_holdout, self.config.experiment.seed
+            self.dataset.train_labels, self.config.data.server_holdout, self.config.data.holdout_seed
         )
 
     @cached_property

@@ -1,0 +1,53 @@
+"""What FedDifRC and SemanticFL share: a frozen diffusion teacher's features as targets.
+
+Both attach a *projection* from the client model's feature space into the teacher's fused
+feature space (FedDifRC: "where dimensions differ"; SemanticFL: the shared 512-d semantic space)
+and compare projected features with teacher features. The projection is a parameter of the
+client model, so it is trained locally and averaged like the rest of the model.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from torch import Tensor, nn
+
+from semanticfl.algorithms.base import Algorithm, AlgorithmSetup
+
+PROJECTION = "teacher_projection"
+
+
+def up_block_layers(count: int) -> tuple[str, ...]:
+    """The teacher's last ``count`` U-Net up-blocks, as layer names (``up-3`` … ``up-1``).
+
+    Negative indices count from the U-Net's last up-block, so the same default reads SD's blocks
+    1, 2, 3 (of 0..3) and the offline teacher's blocks 0, 1, 2 (of 0..2).
+    """
+    return tuple(f"up-{i}" for i in range(count, 0, -1))
+
+
+def is_layer_name(name: str) -> bool:
+    """``latent`` or ``up<i>`` with an integer ``i`` (negative: from the last up-block)."""
+    return name == "latent" or bool(re.fullmatch(r"up-?\d+", name))
+
+
+class TeacherGuided(Algorithm):
+    """FedAvg skeleton plus a projection head into a teacher space of ``teacher_dim`` dims."""
+
+    def __init__(self, params: Any, setup: AlgorithmSetup) -> None:
+        super().__init__(params, setup)
+        self.teacher_dim = sum(params.layer_dims)
+
+    def extend_model(self, model: nn.Module) -> nn.Module:
+        """Attach ``teacher_projection``: identity when the dimensions agree, else linear."""
+        feature_dim = model.feature_dim
+        needs_linear = self.params.projection == "linear" or feature_dim != self.teacher_dim
+        projection = nn.Linear(feature_dim, self.teacher_dim) if needs_linear else nn.Identity()
+        model.add_module(PROJECTION, projection)
+        return super().extend_model(model)
+
+    @staticmethod
+    def project(model: nn.Module, features: Tensor) -> Tensor:
+        """Client features in the teacher's space."""
+        return getattr(model, PROJECTION)(features)

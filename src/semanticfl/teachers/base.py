@@ -1,0 +1,104 @@
+"""What every frozen semantic teacher offers: the small interface algorithms program against.
+
+A teacher is a latent diffusion model used as a *representation source* (FedDifRC, SemanticFL):
+no denoising loop, one U-Net pass per (image, prompt). Its parts:
+
+* a :class:`LatentCodec` -- the VAE (Stable Diffusion's ``AutoencoderKL`` or the pretrained TAEF2);
+* a :class:`PromptEncoder` -- the text encoder (CLIP for SD, MiniLM for the offline teacher);
+* a diffusers ``UNet2DConditionModel`` and a ``DDIMScheduler`` (for ``add_noise`` at timestep t).
+
+:class:`ExtractionSettings` says what to extract; :class:`semanticfl.teachers.diffusion.DiffusionTeacher`
+implements the extraction once for every teacher kind.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from torch import Tensor
+
+NULL_PROMPT = ""
+DEFAULT_TEMPLATE = "a photo of a {}"
+
+
+def class_prompts(class_names: tuple[str, ...] | list[str], template: str = DEFAULT_TEMPLATE) -> list[str]:
+    """``template`` filled with each class name (underscores read as spaces)."""
+    return [template.format(name.replace("_", " ")) for name in class_names]
+
+
+class LatentCodec(Protocol):
+    """A frozen VAE: images in [0, 1] ⇄ latents already multiplied by the scaling factor."""
+
+    latent_channels: int
+    downsample: int
+
+    def encode(self, images: Tensor, sample: bool = False) -> Tensor:
+        """N×3×H×W in [0, 1] → N×C×H/d×W/d scaled latents (posterior mean, or a sample)."""
+        ...
+
+    def decode(self, latents: Tensor) -> Tensor:
+        """Scaled latents → images in [0, 1]."""
+        ...
+
+
+class PromptEncoder(Protocol):
+    """A frozen text encoder: token states for cross-attention, one vector per prompt for contrast."""
+
+    dim: int
+
+    def tokens(self, prompts: list[str]) -> tuple[Tensor, Tensor]:
+        """Prompts → (P×L×dim token states, P×L attention mask of 0/1)."""
+        ...
+
+    def sentence(self, prompts: list[str]) -> Tensor:
+        """Prompts → P×dim L2-normalised sentence embeddings."""
+        ...
+
+
+@dataclass(frozen=True)
+class ExtractionSettings:
+    """What one feature extraction computes; every field enters the feature-cache fingerprint."""
+
+    resolution: int = 32
+    """Images are resized (bilinear) to resolution×resolution before the VAE."""
+    timestep: int = 300
+    """Noise level t of the U-Net pass (FedDifRC: 300; SemanticFL: 150)."""
+    up_blocks: tuple[int, ...] = (1, 2, 3)
+    """Indices into ``unet.up_blocks`` whose outputs are kept (FedDifRC code: 1, 2, 3)."""
+    noise_draws: int = 1
+    """Features averaged over this many noise draws (DIFT-style ensembling)."""
+    latent_sample: bool = False
+    """Use a posterior sample instead of the mean (``AutoencoderKL`` only)."""
+    batch_size: int = 64
+    """Images per U-Net call (memory bound); prompt repeats are counted in it."""
+    seed: int = 0
+    """Noise for sample ``i``, draw ``k`` comes from a generator seeded by (seed, i, k): features of
+    a sample never depend on which batch it was extracted in."""
+
+
+@dataclass(frozen=True)
+class FeatureRequest:
+    """Per-sample teacher features an algorithm reads in every batch, as ``Batch.targets[name]``.
+
+    The engine extracts them once into the feature store (one U-Net pass per sample and prompt at
+    ``timestep``), reduces each layer to its PCA dims and fuses the layers into one unit vector of
+    ``sum(layer_dims)`` dims. With one prompt a sample's target is that vector (``D``); with ``P``
+    prompts it is ``P×D``, one row per prompt (TDCL's all-classes conditioning).
+    """
+
+    name: str
+    timestep: int
+    layers: tuple[str, ...]
+    """``latent`` (the VAE latents) and/or ``up{i}`` (U-Net decoder up-block ``i``)."""
+    layer_dims: tuple[int, ...]
+    prompts: tuple[str, ...] = (NULL_PROMPT,)
+    reduction: str = "spatial_norm"
+    """``spatial_norm`` (FedDifRC's code: PCA on pixel vectors, then L2 over positions) or ``gap``."""
+
+    @property
+    def dim(self) -> int:
+        return sum(self.layer_dims)
+
+    def per_sample_shape(self) -> tuple[int, ...]:
+        return (self.dim,) if len(self.prompts) == 1 else (len(self.prompts), self.dim)
