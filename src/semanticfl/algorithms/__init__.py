@@ -20,6 +20,7 @@ from semanticfl.algorithms.fedprox import FedProx
 from semanticfl.algorithms.fedrcl import FedRCL
 from semanticfl.algorithms.moon import MOON
 from semanticfl.algorithms.scaffold import Scaffold
+from semanticfl.algorithms.semanticfl import SemanticFL
 from semanticfl.errors import UserError
 
 ALGORITHMS: dict[str, type[Algorithm]] = {
@@ -34,6 +35,7 @@ ALGORITHMS: dict[str, type[Algorithm]] = {
     FedDisco.name: FedDisco,
     FedCDA.name: FedCDA,
     FedDifRC.name: FedDifRC,
+    SemanticFL.name: SemanticFL,
 }
 
 
@@ -43,9 +45,7 @@ def algorithm_names() -> list[str]:
 
 def get_algorithm_class(name: str) -> type[Algorithm]:
     if name not in ALGORITHMS:
-        raise UserError(
-            f"unknown algorithm '{name}'; choose one of: {', '.join(algorithm_names())}"
-        )
+        raise UserError(f"unknown algorithm '{name}'; choose one of: {', '.join(algorithm_names())}")
     return ALGORITHMS[name]
 
 

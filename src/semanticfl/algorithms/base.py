@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from semanticfl.models import load_numpy_state, state_to_numpy
-from semanticfl.teachers.base import FeatureRequest
+from semanticfl.teachers.base import AnchorRequest, FeatureRequest
 
 Arrays = dict[str, np.ndarray]
 """Named arrays: a model state, a control variate, features... whatever crosses the wire."""
@@ -171,6 +171,13 @@ class Algorithm:
         """Per-sample teacher features this algorithm reads from ``Batch.targets`` (none here)."""
         return ()
 
+    def anchor_requests(self) -> tuple[AnchorRequest, ...]:
+        """Class-level teacher features the server computes once (none here)."""
+        return ()
+
+    def receive_anchors(self, anchors: Arrays) -> None:
+        """The engine hands over what :meth:`anchor_requests` asked for, before round 1."""
+
     def trainable_parameter_names(self) -> tuple[str, ...]:
         """The names :meth:`extend_model` recorded, or a clear error if it was never called."""
         if self.parameter_names is None:
@@ -226,9 +233,7 @@ class Algorithm:
             weight_decay=settings.weight_decay,
         )
 
-    def local_loss(
-        self, model: nn.Module, batch: Batch, context: Any
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def local_loss(self, model: nn.Module, batch: Batch, context: Any) -> tuple[torch.Tensor, torch.Tensor]:
         """The local objective; FedAvg minimises cross-entropy. Returns (loss, logits)."""
         _, logits = model(batch.images)
         return F.cross_entropy(logits, batch.labels), logits
@@ -246,9 +251,7 @@ class Algorithm:
         """Arrays sent to every selected client with the global model."""
         return {}
 
-    def aggregate(
-        self, global_arrays: Arrays, updates: Sequence[ClientUpdate], round_number: int
-    ) -> Arrays:
+    def aggregate(self, global_arrays: Arrays, updates: Sequence[ClientUpdate], round_number: int) -> Arrays:
         """FedAvg, Alg. 1: the example-weighted mean of the clients' models."""
         return weighted_average([u.arrays for u in updates], [u.num_examples for u in updates])
 

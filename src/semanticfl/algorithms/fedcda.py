@@ -130,9 +130,7 @@ class FedCDA(Algorithm):
 
     # ------------------------------------------------------------------ server half
 
-    def aggregate(
-        self, global_arrays: Arrays, updates: Sequence[ClientUpdate], round_number: int
-    ) -> Arrays:
+    def aggregate(self, global_arrays: Arrays, updates: Sequence[ClientUpdate], round_number: int) -> Arrays:
         """Store this round's models; FedAvg during warm-up, else average the selection ``s*``."""
         ids = [u.client_id for u in updates]
         if any(cid < 0 for cid in ids) or len(set(ids)) != len(ids):
@@ -146,8 +144,12 @@ class FedCDA(Algorithm):
         candidates = [[model for _, model in self.memory[cid]] for cid in ids]
         rng = np.random.default_rng([self.setup.seed & 0xFFFFFFFF, round_number])
         ages, self.last_divergence = select_models(
-            candidates, sizes, reference=global_arrays, batch_size=self.params.batch_size,
-            sweeps=self.params.sweeps, rng=rng,
+            candidates,
+            sizes,
+            reference=global_arrays,
+            batch_size=self.params.batch_size,
+            sweeps=self.params.sweeps,
+            rng=rng,
         )
         self.last_selection = dict(zip(ids, ages))
         return weighted_average([c[age] for c, age in zip(candidates, ages)], sizes)

@@ -130,18 +130,13 @@ class FedDifRC(TeacherGuided):
 
     def feature_requests(self) -> tuple[FeatureRequest, ...]:
         p = self.params
-        common = {
-            "timestep": p.timestep,
-            "layers": p.layers,
-            "layer_dims": p.layer_dims,
-            "reduction": p.reduction,
-        }
         requests = []
         if p.lambda_tdcl:
-            requests.append(FeatureRequest(TDCL, prompts=self.tdcl_prompts(), **common))
+            requests.append(self.feature_request(TDCL, self.tdcl_prompts()))
         if p.lambda_ndcr:
-            ndcr_prompt = VISUAL_PROMPT if p.self_supervised else NULL_PROMPT
-            requests.append(FeatureRequest(NDCR, prompts=(ndcr_prompt,), **common))
+            requests.append(
+                self.feature_request(NDCR, (VISUAL_PROMPT if p.self_supervised else NULL_PROMPT,))
+            )
         return tuple(requests)
 
     def tdcl_prompts(self) -> tuple[str, ...]:

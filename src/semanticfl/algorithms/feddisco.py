@@ -122,9 +122,7 @@ class FedDisco(Algorithm):
 
     # ------------------------------------------------------------------ server half
 
-    def aggregate(
-        self, global_arrays: Arrays, updates: Sequence[ClientUpdate], round_number: int
-    ) -> Arrays:
+    def aggregate(self, global_arrays: Arrays, updates: Sequence[ClientUpdate], round_number: int) -> Arrays:
         """``w_{t+1} = Σ_k p_k w_{t+1}^k`` with the discrepancy-aware weights ``p_k``."""
         histograms = [self._histogram_of(u) for u in updates]
         for update, histogram in zip(updates, histograms):

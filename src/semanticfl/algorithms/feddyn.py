@@ -115,9 +115,7 @@ class FedDyn(Algorithm):
         """Freeze ``θ^{t−1}`` and read ``g_k`` from the client state (zero at first)."""
         return FedDynContext(previous=snapshot(model), gradient=parameter_tensors(task.state, model))
 
-    def local_loss(
-        self, model: nn.Module, batch: Batch, context: Any
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def local_loss(self, model: nn.Module, batch: Batch, context: Any) -> tuple[torch.Tensor, torch.Tensor]:
         """Alg. 1: ``L_k(θ) − ⟨g_k, θ⟩ + (α/2)‖θ − θ^{t−1}‖²``.
 
         Its gradient is ``∇L_k(θ) − g_k + α(θ − θ^{t−1})``.
@@ -132,23 +130,17 @@ class FedDyn(Algorithm):
         )
         return loss, logits
 
-    def end_local(
-        self, model: nn.Module, context: FedDynContext, task: ClientTask, steps: int
-    ) -> Arrays:
+    def end_local(self, model: nn.Module, context: FedDynContext, task: ClientTask, steps: int) -> Arrays:
         """Alg. 1: ``g_k ← g_k − α(θ_k^t − θ^{t−1})``, kept in the client state; no extra upload."""
         updated = gradient_state_update(
             context.gradient, snapshot(model), context.previous, self.params.alpha
         )
-        task.state.update(
-            tensors_to_arrays({n: v.to(context.gradient[n].dtype) for n, v in updated.items()})
-        )
+        task.state.update(tensors_to_arrays({n: v.to(context.gradient[n].dtype) for n, v in updated.items()}))
         return {}
 
     # ------------------------------------------------------------------ server half
 
-    def aggregate(
-        self, global_arrays: Arrays, updates: Sequence[ClientUpdate], round_number: int
-    ) -> Arrays:
+    def aggregate(self, global_arrays: Arrays, updates: Sequence[ClientUpdate], round_number: int) -> Arrays:
         """Alg. 1: ``h ← h − (α/m) Σ_{P_t}(θ_k − θ^{t−1})``; ``θ^t = mean_{P_t} θ_k − h/α``.
 
         Arithmetic in float64, cast back to each array's dtype.

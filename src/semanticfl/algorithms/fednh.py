@@ -266,9 +266,7 @@ class FedNH(Algorithm):
         """The current prototypes ``μ``."""
         return {"prototypes": np.array(self.current_prototypes(global_arrays), dtype=np.float32)}
 
-    def aggregate(
-        self, global_arrays: Arrays, updates: Sequence[ClientUpdate], round_number: int
-    ) -> Arrays:
+    def aggregate(self, global_arrays: Arrays, updates: Sequence[ClientUpdate], round_number: int) -> Arrays:
         """FedAvg on the model, then the smoothed prototype update written into the head."""
         new = weighted_average([u.arrays for u in updates], [u.num_examples for u in updates])
         self._prototypes = smoothed_prototypes(

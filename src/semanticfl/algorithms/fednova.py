@@ -76,18 +76,14 @@ class FedNova(Algorithm):
         """Remember the local solver's momentum ρ, which fixes ``a_i``."""
         return FedNovaContext(momentum=settings.momentum)
 
-    def end_local(
-        self, model: nn.Module, context: FedNovaContext, task: ClientTask, steps: int
-    ) -> Arrays:
+    def end_local(self, model: nn.Module, context: FedNovaContext, task: ClientTask, steps: int) -> Arrays:
         """Upload ``‖a_i‖₁`` for the ``τ_i = steps`` local steps just taken (Sec. 4)."""
         value = momentum_normalizer(steps, context.momentum)
         return {NORMALIZER: np.array([value], dtype=np.float64)}
 
     # ------------------------------------------------------------------ server half
 
-    def aggregate(
-        self, global_arrays: Arrays, updates: Sequence[ClientUpdate], round_number: int
-    ) -> Arrays:
+    def aggregate(self, global_arrays: Arrays, updates: Sequence[ClientUpdate], round_number: int) -> Arrays:
         """Sec. 5: ``x ← x − τ_eff Σ p_i (x − y_i)/‖a_i‖₁`` with ``τ_eff = Σ p_i ‖a_i‖₁``.
 
         Buffers get FedAvg's ``Σ p_i y_i``. Arithmetic in float64, cast back per array.

@@ -54,9 +54,7 @@ class FedProx(Algorithm):
         """Freeze the received global parameters ``w^t`` (the centre of Eq. 2's prox term)."""
         return snapshot(model)
 
-    def local_loss(
-        self, model: nn.Module, batch: Batch, context: Any
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def local_loss(self, model: nn.Module, batch: Batch, context: Any) -> tuple[torch.Tensor, torch.Tensor]:
         """Eq. (2): ``F_k(w) + (μ/2)‖w − w^t‖²``; its gradient is ``∇F_k(w) + μ(w − w^t)``."""
         images, labels = batch.images, batch.labels
         _, logits = model(images)

@@ -123,9 +123,7 @@ class FedRCL(Algorithm):
                 )
         return context
 
-    def local_loss(
-        self, model: nn.Module, batch: Batch, context: _Context
-    ) -> tuple[Tensor, Tensor]:
+    def local_loss(self, model: nn.Module, batch: Batch, context: _Context) -> tuple[Tensor, Tensor]:
         """``CE + w_rcl · mean_l L_RCL(z^(l))`` over the levels captured in this forward pass."""
         images, labels = batch.images, batch.labels
         context.captured.clear()

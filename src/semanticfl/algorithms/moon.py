@@ -69,9 +69,7 @@ class MoonNet(ClientModel):
         width = base.feature_dim
         base.classifier = nn.Identity()  # the output layer moves onto the projection
         self.base = base
-        self.projection = nn.Sequential(
-            nn.Linear(width, width), nn.ReLU(), nn.Linear(width, projection_dim)
-        )
+        self.projection = nn.Sequential(nn.Linear(width, width), nn.ReLU(), nn.Linear(width, projection_dim))
         self.feature_dim = projection_dim
         self.num_classes = base.num_classes
         self.classifier = nn.Linear(projection_dim, base.num_classes)
@@ -146,9 +144,7 @@ class MOON(Algorithm):
             load_arrays(previous_model, previous)
         return _Context(global_model, previous_model)
 
-    def local_loss(
-        self, model: nn.Module, batch: Batch, context: _Context
-    ) -> tuple[Tensor, Tensor]:
+    def local_loss(self, model: nn.Module, batch: Batch, context: _Context) -> tuple[Tensor, Tensor]:
         """Eq. (4): ``ℓ = CE(logits, y) + μ ℓ_con(z, z_glob, z_prev)``."""
         images, labels = batch.images, batch.labels
         z, logits = model(images)

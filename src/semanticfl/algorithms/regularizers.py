@@ -66,9 +66,7 @@ def parameter_tensors(arrays: Mapping[str, np.ndarray], model: nn.Module) -> Ten
             continue
         value = np.asarray(arrays[name])
         if tuple(value.shape) != tuple(p.shape):
-            raise ValueError(
-                f"array {name!r} has shape {tuple(value.shape)}, the parameter {tuple(p.shape)}"
-            )
+            raise ValueError(f"array {name!r} has shape {tuple(value.shape)}, the parameter {tuple(p.shape)}")
         tensors[name] = torch.as_tensor(np.array(value), dtype=p.dtype, device=p.device)
     return tensors
 

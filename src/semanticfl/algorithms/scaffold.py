@@ -177,9 +177,7 @@ class Scaffold(Algorithm):
             else:
                 p.grad.add_(context.correction[name])
 
-    def end_local(
-        self, model: nn.Module, context: ScaffoldContext, task: ClientTask, steps: int
-    ) -> Arrays:
+    def end_local(self, model: nn.Module, context: ScaffoldContext, task: ClientTask, steps: int) -> Arrays:
         """Alg. 1 lines 12–14: compute ``c_i⁺`` (option II), keep it, upload ``Δc_i``."""
         y = snapshot(model)
         k = momentum_normalizer(steps, context.momentum) if self.params.momentum_aware else steps
@@ -202,9 +200,7 @@ class Scaffold(Algorithm):
         self._ensure_c(global_arrays)
         return dict(self._c)
 
-    def aggregate(
-        self, global_arrays: Arrays, updates: Sequence[ClientUpdate], round_number: int
-    ) -> Arrays:
+    def aggregate(self, global_arrays: Arrays, updates: Sequence[ClientUpdate], round_number: int) -> Arrays:
         """Alg. 1 lines 16–17: ``x ← x + η_g mean Δy_i``, ``c ← c + (|S|/N) mean Δc_i``.
 
         Buffers are averaged like models (same weights, no ``η_g``). Arithmetic in float64.
@@ -213,9 +209,7 @@ class Scaffold(Algorithm):
         for update in updates:
             missing = [name for name in names if name not in update.extra]
             if missing:
-                raise ValueError(
-                    f"client {update.client_id} sent no control-variate delta for {missing[:3]}"
-                )
+                raise ValueError(f"client {update.client_id} sent no control-variate delta for {missing[:3]}")
         states = [u.arrays for u in updates]
         if self.params.model_weighting == "examples":
             weights = [float(u.num_examples) for u in updates]
@@ -241,4 +235,3 @@ class Scaffold(Algorithm):
 
     def load_server_state(self, state: Arrays) -> None:
         self._c = copy_arrays(state)
-

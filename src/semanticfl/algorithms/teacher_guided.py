@@ -14,6 +14,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from semanticfl.algorithms.base import Algorithm, AlgorithmSetup
+from semanticfl.teachers.base import FeatureRequest
 
 PROJECTION = "teacher_projection"
 
@@ -46,6 +47,18 @@ class TeacherGuided(Algorithm):
         projection = nn.Linear(feature_dim, self.teacher_dim) if needs_linear else nn.Identity()
         model.add_module(PROJECTION, projection)
         return super().extend_model(model)
+
+    def feature_request(self, name: str, prompts: tuple[str, ...]) -> FeatureRequest:
+        """A request for this algorithm's timestep, layers, PCA dims and reduction."""
+        p = self.params
+        return FeatureRequest(
+            name,
+            timestep=p.timestep,
+            layers=p.layers,
+            layer_dims=p.layer_dims,
+            prompts=prompts,
+            reduction=p.reduction,
+        )
 
     @staticmethod
     def project(model: nn.Module, features: Tensor) -> Tensor:

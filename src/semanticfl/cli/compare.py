@@ -39,8 +39,12 @@ def compare(
     folder = RunDirectory.create(base.experiment.output_dir, f"{base.experiment.name}-compare")
     rows, histories = [], {}
     for name in algorithms:
-        run_overrides = [*overrides, f"algorithm.name={name}", f"experiment.name={name}",
-                         f"experiment.output_dir={folder.path}"]
+        run_overrides = [
+            *overrides,
+            f"algorithm.name={name}",
+            f"experiment.name={name}",
+            f"experiment.output_dir={folder.path}",
+        ]
         summary = start_run(source, run_overrides, 0, connection)
         histories[name] = RunDirectory(Path(summary["run_dir"])).read_rounds()
         rows.append(comparison_row(name, summary))
@@ -64,7 +68,9 @@ def comparison_row(algorithm: str, summary: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def write_comparison(folder: Path, rows: list[dict[str, Any]], histories: dict[str, list], title: str) -> None:
+def write_comparison(
+    folder: Path, rows: list[dict[str, Any]], histories: dict[str, list], title: str
+) -> None:
     """comparison.json, comparison.csv and the overlaid accuracy.png."""
     atomic_write_text(folder / "comparison.json", json.dumps(rows, indent=2) + "\n")
     buffer = io.StringIO()
@@ -77,7 +83,15 @@ def write_comparison(folder: Path, rows: list[dict[str, Any]], histories: dict[s
 
 def print_comparison(rows: list[dict[str, Any]]) -> None:
     table = Table(title="comparison (same partition and seed)")
-    for header in ("algorithm", "final %", "best %", "rounds to target", "time (s)", "s/round", "MB/client/round"):
+    for header in (
+        "algorithm",
+        "final %",
+        "best %",
+        "rounds to target",
+        "time (s)",
+        "s/round",
+        "MB/client/round",
+    ):
         table.add_column(header, justify="left" if header == "algorithm" else "right")
     for row in rows:
         table.add_row(

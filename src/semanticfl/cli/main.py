@@ -21,6 +21,7 @@ examples:
   semanticfl run my.toml algorithm.name=fedavg experiment.seed=1
   semanticfl run --resume runs/quickstart-20261122-101500
   semanticfl compare cifar10_cnn --algorithms fedavg,fedprox,scaffold train.rounds=10
+  semanticfl features cifar10_cnn algorithm.name=feddifrc data.server_holdout=10000
   semanticfl partition cifar10_cnn partition.scheme=pathological partition.classes_per_client=2
   semanticfl config cifar10_cnn train.lr=0.05      # print the resolved config
   semanticfl list                                  # datasets, algorithms, models, shipped configs
@@ -78,6 +79,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="A,B,...",
         help="comma-separated algorithm names, e.g. fedavg,fedprox,scaffold",
     )
+
+    feats = sub.add_parser(
+        "features", help="extract the algorithm's teacher features once into the feature store"
+    )
+    _config_arguments(feats)
 
     show = sub.add_parser("config", help="print the resolved config as TOML")
     _config_arguments(show)
@@ -151,6 +157,23 @@ def cmd_partition(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_features(args: argparse.Namespace) -> int:
+    from semanticfl.cli.runs import extract_features
+    from semanticfl.config import load_config
+    from semanticfl.engine.experiment import Experiment
+
+    source, overrides = split_items(args.items)
+    experiment = Experiment(load_config(source, overrides))
+    if not experiment.algorithm.feature_requests():
+        raise UserError(
+            f"algorithm '{experiment.config.algorithm.name}' uses no teacher features; "
+            "choose a teacher-guided one, e.g. algorithm.name=feddifrc"
+        )
+    for line in extract_features(experiment):
+        print(line)
+    return 0
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from semanticfl.cli.runs import print_summary, resume_run, start_run
 
@@ -180,7 +203,14 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "compare": cmd_compare, "partition": cmd_partition, "config": cmd_config, "list": cmd_list}
+COMMANDS = {
+    "run": cmd_run,
+    "compare": cmd_compare,
+    "partition": cmd_partition,
+    "features": cmd_features,
+    "config": cmd_config,
+    "list": cmd_list,
+}
 
 
 def configure_logging(verbose: bool) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+import time
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -23,9 +25,32 @@ console = Console(stderr=True)
 
 
 def preflight(experiment: Experiment) -> None:
-    """Fail on bad input (dataset, partition, model, algorithm) before writing anything."""
+    """Fail on bad input (dataset, partition, model, algorithm, teacher) before writing anything;
+    extract the algorithm's teacher features once, before any client starts."""
     _ = experiment.partitions
     experiment.build_model()
+    if experiment.algorithm.feature_requests():
+        extract_features(experiment)
+    if experiment.algorithm.anchor_requests():
+        experiment.algorithm.receive_anchors(experiment.teacher_targets.anchors())
+
+
+def extract_features(experiment: Experiment) -> list[str]:
+    """Fill the feature store for every teacher request; one line per entry (size, time, rate)."""
+    targets = experiment.teacher_targets
+    targets.progress = sys.stderr.isatty()
+    lines = []
+    for request in targets.requests:
+        started = time.perf_counter()
+        entry = targets.entry(request, experiment.client_pool)
+        seconds = time.perf_counter() - started
+        size = sum(a.nbytes for a in entry.arrays.values())
+        passes = len(experiment.client_pool) * len(request.prompts)
+        lines.append(
+            f"{request.name}: {len(experiment.client_pool)} samples × {request.per_sample_shape()} "
+            f"({size / 2**20:.1f} MiB, {passes} U-Net passes) in {seconds:.1f} s → {entry.path}"
+        )
+    return lines
 
 
 def write_partition_report(experiment: Experiment, folder: Path) -> str:
@@ -109,7 +134,9 @@ def print_summary(summary: dict[str, Any]) -> None:
         ("failed client-rounds", summary["failed_client_rounds"]),
     ]
     if summary.get("target_accuracy"):
-        rows.append((f"rounds to {summary['target_accuracy']}%", summary["rounds_to_target"] or "not reached"))
+        rows.append(
+            (f"rounds to {summary['target_accuracy']}%", summary["rounds_to_target"] or "not reached")
+        )
     for name, value in rows:
         table.add_row(name, str(value))
     Console().print(table)

@@ -23,6 +23,7 @@ from semanticfl.config import Config, config_from_dict
 from semanticfl.data.datasets import ImageDataset, images_to_tensor, load_image_dataset
 from semanticfl.data.partition import PartitionSpec, partition_indices
 from semanticfl.data.transforms import BatchTransform
+from semanticfl.engine.teacher_targets import TeacherTargets
 from semanticfl.errors import UserError
 from semanticfl.models import build_model
 
@@ -99,7 +100,13 @@ class Experiment:
             images=images_to_tensor(self.dataset.train_images, index),
             labels=torch.from_numpy(np.array(self.dataset.train_labels[index], dtype=np.int64)),
             transform=self.train_transform(),
+            targets=self.teacher_targets.reader(index) if self.algorithm.feature_requests() else None,
         )
+
+    @cached_property
+    def teacher_targets(self) -> TeacherTargets:
+        """The algorithm's per-sample teacher features (feature store entries over the client pool)."""
+        return TeacherTargets(self)
 
     def check_partition_id(self, partition_id: int) -> None:
         n = self.config.partition.num_clients

@@ -64,6 +64,8 @@ class FederatedServer:
         self.run_dir = run_dir
         self.config_toml = config_toml
         self.algorithm = experiment.algorithm
+        if self.algorithm.anchor_requests():
+            self.algorithm.receive_anchors(experiment.teacher_targets.anchors())
         self.eval_model = experiment.build_model()
         self.global_arrays: Arrays = state_to_numpy(self.eval_model)
         self.rounds: list[dict[str, Any]] = []

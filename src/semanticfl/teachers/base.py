@@ -102,3 +102,20 @@ class FeatureRequest:
 
     def per_sample_shape(self) -> tuple[int, ...]:
         return (self.dim,) if len(self.prompts) == 1 else (len(self.prompts), self.dim)
+
+
+@dataclass(frozen=True)
+class AnchorRequest:
+    """Class-level teacher features the *server* computes once and sends with the model.
+
+    Row ``c`` is the fused feature of class ``c``: the mean over ``public_per_class`` public
+    samples of class ``c``, each conditioned on ``features.prompts[c]``; with
+    ``public_per_class = 0`` the image is a uniform grey one, so the row comes from the prompt
+    alone. With ``text = True`` the rows are instead the text encoder's sentence embeddings of the
+    prompts.
+    """
+
+    name: str
+    features: FeatureRequest
+    public_per_class: int = 0
+    text: bool = False

@@ -1,0 +1,356 @@
+"""Teacher features of an experiment: load the teacher, fit the reducers, fill the feature store.
+
+An algorithm declares :class:`~semanticfl.teachers.base.FeatureRequest` s; this module turns each
+into a feature-store entry over the client pool (every training sample some client holds) and
+hands each client a reader of its own rows (``LocalData.targets``). A sample's features depend
+only on the sample, the teacher, the request and the seed, so one extraction over the pool equals
+every client extracting its own data (FedDifRC's deployment), without running the teacher once per
+client process.
+
+The per-layer PCA of a request is fitted once on the server's public split
+(``data.server_holdout``), never on client data, and cached beside the features.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import time
+from collections.abc import Callable
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from semanticfl.data.datasets import images_to_tensor
+from semanticfl.errors import UserError
+from semanticfl.teachers.base import AnchorRequest, ExtractionSettings, FeatureRequest
+from semanticfl.teachers.diffusion import DiffusionTeacher
+from semanticfl.teachers.reduction import FeatureReducer
+from semanticfl.teachers.store import CachedFeatures, FeatureStore, store_key
+
+log = logging.getLogger(__name__)
+
+FUSED = "fused"
+HASH_CHUNK = 1 << 20
+
+
+def load_teacher(experiment) -> DiffusionTeacher:
+    """The ``[teacher]`` of an experiment, frozen, with placeholder extraction settings."""
+    cfg = experiment.config.teacher
+    settings = ExtractionSettings(
+        resolution=cfg.resolution,
+        noise_draws=cfg.noise_draws,
+        batch_size=cfg.batch_size,
+        up_blocks=(0,),
+        seed=experiment.config.experiment.seed,
+    )
+    device = experiment.config.engine.device
+    if cfg.kind == "stable_diffusion":
+        from semanticfl.teachers.sd import load_stable_diffusion
+
+        if not cfg.path:
+            raise UserError(
+                "teacher.kind=stable_diffusion needs teacher.path: a local diffusers folder of an SD 1.x/2.x "
+                "checkpoint (or a hub id with teacher.allow_download=true and a network)"
+            )
+        return load_stable_diffusion(cfg.path, settings, device=device, allow_download=cfg.allow_download)
+    from semanticfl.teachers.offline import load_offline_teacher
+
+    folder = offline_teacher_folder(experiment)
+    check_teacher_data_withheld(experiment, folder)
+    return load_offline_teacher(folder, settings, device=device)
+
+
+def offline_teacher_folder(experiment) -> Path:
+    """``teacher.path``, else the weights shipped for the dataset, else a clear error."""
+    from semanticfl.teachers.offline import shipped_teacher_dir
+
+    cfg, dataset = experiment.config.teacher, experiment.config.data.dataset
+    if cfg.path:
+        return Path(cfg.path).expanduser()
+    shipped = shipped_teacher_dir(dataset)
+    if shipped is None:
+        raise UserError(
+            f"no offline teacher ships for dataset '{dataset}'; train one with "
+            f"'semanticfl teacher train CONFIG' and set teacher.path=FOLDER"
+        )
+    return shipped
+
+
+def check_teacher_data_withheld(experiment, folder: Path) -> None:
+    """The samples the offline teacher was trained on must be withheld from every client."""
+    from semanticfl.engine.experiment import stratified_holdout
+    from semanticfl.teachers.offline import teacher_info
+
+    trained_on = teacher_info(folder).get("trained_on", {})
+    data = experiment.config.data
+    if trained_on.get("dataset") != data.dataset:
+        return  # trained on another dataset: nothing of this one to withhold
+    size, seed = int(trained_on["holdout_size"]), int(trained_on["holdout_seed"])
+    used = stratified_holdout(experiment.dataset.train_labels, size, seed)
+    leaked = np.intersect1d(used, experiment.client_pool)
+    if len(leaked):
+        raise UserError(
+            f"the teacher in {folder} was trained on {size} samples of {data.dataset} that clients would "
+            f"hold ({len(leaked)} overlap); withhold them with data.server_holdout={size} "
+            f"data.holdout_seed={seed}"
+        )
+
+
+def resolve_layers(request: FeatureRequest, num_up_blocks: int) -> tuple[str, ...]:
+    """``up-k`` → ``up{num_up_blocks − k}``; checks every index exists."""
+    resolved = []
+    for name in request.layers:
+        if name == "latent":
+            resolved.append(name)
+            continue
+        index = int(name[2:])
+        index = num_up_blocks + index if index < 0 else index
+        if not 0 <= index < num_up_blocks:
+            raise UserError(
+                f"layer '{name}' of {request.name} does not exist: the teacher's U-Net has "
+                f"{num_up_blocks} up-blocks (up0..up{num_up_blocks - 1}, or up-1..up-{num_up_blocks})"
+            )
+        resolved.append(f"up{index}")
+    return tuple(resolved)
+
+
+def with_settings(teacher: DiffusionTeacher, settings: ExtractionSettings) -> DiffusionTeacher:
+    """The same frozen components under other extraction settings."""
+    return DiffusionTeacher(
+        teacher.codec,
+        teacher.text,
+        teacher.unet,
+        teacher.scheduler,
+        settings,
+        teacher.fingerprint,
+        device=str(teacher.device),
+    )
+
+
+class RequestExtractor:
+    """One request on one teacher: raw multi-layer features → reduced, fused vectors."""
+
+    def __init__(self, teacher: DiffusionTeacher, request: FeatureRequest) -> None:
+        self.request = request
+        self.layers = resolve_layers(request, len(teacher.unet.up_blocks))
+        ups = tuple(sorted({int(name[2:]) for name in self.layers if name != "latent"})) or (0,)
+        settings = dataclasses.replace(teacher.settings, timestep=request.timestep, up_blocks=ups)
+        self.teacher = with_settings(teacher, settings)
+        self.reducer = FeatureReducer(dict(zip(self.layers, request.layer_dims)), mode=request.reduction)
+
+    def description(self) -> dict:
+        """Everything the extracted values depend on besides the data and the reducer's fit."""
+        return {
+            "teacher": self.teacher.fingerprint,
+            "dtype": str(self.teacher.dtype),
+            "settings": dataclasses.asdict(self.teacher.settings),
+            "layers": list(self.layers),
+            "layer_dims": list(self.request.layer_dims),
+            "prompts": list(self.request.prompts),
+            "reduction": self.request.reduction,
+        }
+
+    def raw(self, images: torch.Tensor, ids: torch.Tensor, prompts: list[str]) -> dict[str, torch.Tensor]:
+        """Per-image features with one prompt each (``prompts`` of length 1 or N)."""
+        return self.teacher.features(images, ids, prompts)
+
+    def fit(self, images: torch.Tensor, ids: torch.Tensor, chunk: int) -> None:
+        """Fit the PCAs on public images, cycling through the request's prompts."""
+        prompts = list(self.request.prompts)
+
+        def batches():
+            for start in range(0, len(ids), chunk):
+                rows = slice(start, start + chunk)
+                cycled = [prompts[int(i) % len(prompts)] for i in range(start, start + len(ids[rows]))]
+                yield self.raw(images[rows], ids[rows], cycled if len(prompts) > 1 else prompts)
+
+        self.reducer.fit_batches(batches(), fitted_on=f"{len(ids)} public samples")
+
+    def fused(self, images: torch.Tensor, ids: torch.Tensor) -> np.ndarray:
+        """N×D (one prompt) or N×P×D (several) unit vectors, float16."""
+        prompts = list(self.request.prompts)
+        if len(prompts) == 1:
+            out = self.reducer.transform(self.raw(images, ids, prompts))[FUSED]
+        else:
+            per_prompt = self.teacher.features_per_prompt(images, ids, prompts)
+            n, p = len(ids), len(prompts)
+            flat = {k: v.flatten(0, 1) for k, v in per_prompt.items()}
+            if "latent" in self.layers:
+                latent = self.teacher.latents(images, ids).float().cpu()
+                flat["latent"] = latent.repeat_interleave(p, dim=0)
+            out = self.reducer.transform(flat)[FUSED].unflatten(0, (n, p))
+        return out.numpy().astype(np.float16)
+
+
+class TeacherTargets:
+    """Feature-store entries for every request of an experiment's algorithm."""
+
+    def __init__(self, experiment, progress: bool = False) -> None:
+        self.experiment = experiment
+        self.progress = progress
+        root = experiment.config.teacher.cache_dir or None
+        self.store = FeatureStore(root)
+
+    @cached_property
+    def requests(self) -> tuple[FeatureRequest, ...]:
+        return self.experiment.algorithm.feature_requests()
+
+    @cached_property
+    def teacher(self) -> DiffusionTeacher:
+        return load_teacher(self.experiment)
+
+    @cached_property
+    def dataset_digest(self) -> str:
+        """sha256 of the training images and labels: features are tied to these exact pixels."""
+        ds = self.experiment.dataset
+        digest = hashlib.sha256(ds.name.encode())
+        images = np.asarray(ds.train_images).reshape(len(ds.train_labels), -1)
+        for start in range(0, len(images), 4096):
+            digest.update(np.ascontiguousarray(images[start : start + 4096]).tobytes())
+        digest.update(np.ascontiguousarray(ds.train_labels, dtype="<i8").tobytes())
+        return digest.hexdigest()
+
+    def public_fit_indices(self) -> np.ndarray:
+        """A seeded subset of the server's public split, the PCA's fit set."""
+        holdout = self.experiment.holdout_indices
+        if len(holdout) == 0:
+            raise UserError(
+                "teacher features need a server-side public split to fit their PCA on; set "
+                "data.server_holdout (e.g. 10000, the split the shipped offline teachers were trained on)"
+            )
+        count = min(self.experiment.config.teacher.fit_samples, len(holdout))
+        rng = np.random.default_rng(self.experiment.config.data.holdout_seed)
+        return np.sort(rng.choice(holdout, size=count, replace=False))
+
+    def extractor(self, request: FeatureRequest) -> RequestExtractor:
+        """The request's extractor with its reducer fitted (or loaded from the store)."""
+        extractor = RequestExtractor(self.teacher, request)
+        fit_ids = self.public_fit_indices()
+        key = store_key({"reducer": extractor.description(), "data": self.dataset_digest, "fit": fit_ids})
+        path = self.store.root / "reducers" / f"{key}.safetensors"
+        if path.is_file():
+            extractor.reducer = FeatureReducer.load(path, extractor.reducer.layer_dims, request.reduction)
+            return extractor
+        started = time.perf_counter()
+        images = images_to_tensor(self.experiment.dataset.train_images, fit_ids)
+        extractor.fit(images, torch.from_numpy(fit_ids), self.experiment.config.teacher.batch_size)
+        extractor.reducer.save(path)
+        log.info(
+            "fitted the PCA of %s on %d public samples in %.1f s",
+            request.name,
+            len(fit_ids),
+            time.perf_counter() - started,
+        )
+        return extractor
+
+    def entry_key(self, extractor: RequestExtractor, indices: np.ndarray) -> str:
+        return store_key(
+            {
+                "request": extractor.description(),
+                "reducer": extractor.reducer.fingerprint(),
+                "data": self.dataset_digest,
+                "indices": indices,
+            }
+        )
+
+    def entry(self, request: FeatureRequest, indices: np.ndarray) -> CachedFeatures:
+        """The request's features of ``indices`` (sorted training-set indices), built if missing."""
+        extractor = self.extractor(request)
+        key = self.entry_key(extractor, indices)
+        images_of = self.experiment.dataset.train_images
+
+        def compute(rows: slice) -> dict[str, np.ndarray]:
+            ids = indices[rows]
+            return {FUSED: extractor.fused(images_to_tensor(images_of, ids), torch.from_numpy(ids))}
+
+        shape = request.per_sample_shape()
+        return self.store.build(
+            key,
+            {FUSED: (shape, np.float16)},
+            len(indices),
+            compute,
+            chunk=max(64, 8 * self.experiment.config.teacher.batch_size),
+            progress=self.progress,
+        )
+
+    def pool_entries(self) -> dict[str, CachedFeatures]:
+        """Every request's entry over the whole client pool (what preflight and ``features`` build)."""
+        pool = self.experiment.client_pool
+        return {request.name: self.entry(request, pool) for request in self.requests}
+
+    def reader(self, indices: np.ndarray) -> Callable[[np.ndarray], dict[str, torch.Tensor]]:
+        """Local rows of a client holding ``indices`` → its per-sample targets, read from the pool entries."""
+        entries = self.pool_entries()
+        positions = np.searchsorted(self.experiment.client_pool, indices)
+
+        def read(rows: np.ndarray) -> dict[str, torch.Tensor]:
+            at = positions[rows]
+            return {name: torch.from_numpy(entry.take(FUSED, at)) for name, entry in entries.items()}
+
+        return read
+
+    # ------------------------------------------------------------------ server-side anchors
+
+    def anchors(self) -> dict[str, np.ndarray]:
+        """Every :class:`AnchorRequest` of the algorithm, computed once on the server (cached)."""
+        return {request.name: self.anchor(request) for request in self.experiment.algorithm.anchor_requests()}
+
+    def anchor(self, request: AnchorRequest) -> np.ndarray:
+        """P×D class anchors (or P×d_text text embeddings) for the request's P prompts."""
+        prompts = list(request.features.prompts)
+        if request.text:
+            return self.teacher.text_embeddings(prompts).numpy().astype(np.float32)
+        extractor = self.extractor(request.features)
+        public = self.public_class_samples(request.public_per_class, len(prompts))
+        key = store_key(
+            {
+                "anchors": extractor.description(),
+                "reducer": extractor.reducer.fingerprint(),
+                "data": self.dataset_digest,
+                "public": public,
+            }
+        )
+
+        def compute(rows: slice) -> dict[str, np.ndarray]:
+            classes = range(len(prompts))[rows]
+            return {FUSED: np.stack([self.class_anchor(extractor, c, public) for c in classes])}
+
+        entry = self.store.build(key, {FUSED: ((extractor.reducer.dim,), np.float32)}, len(prompts), compute)
+        return np.asarray(entry.arrays[FUSED])
+
+    def public_class_samples(self, per_class: int, num_classes: int) -> np.ndarray:
+        """C×k public-split indices (the first k of each class in a seeded order); C×0 if k = 0."""
+        if per_class == 0:
+            return np.zeros((num_classes, 0), dtype=np.int64)
+        holdout = self.experiment.holdout_indices
+        labels = np.asarray(self.experiment.dataset.train_labels)[holdout]
+        order = np.random.default_rng(self.experiment.config.data.holdout_seed).permutation(len(holdout))
+        rows = []
+        for c in range(num_classes):
+            members = holdout[order[labels[order] == c]][:per_class]
+            if len(members) < per_class:
+                raise UserError(
+                    f"anchors need {per_class} public samples of class {c} but the server's public split has "
+                    f"{len(members)}; raise data.server_holdout or lower anchor_public_per_class"
+                )
+            rows.append(members)
+        return np.stack(rows)
+
+    def class_anchor(self, extractor: RequestExtractor, c: int, public: np.ndarray) -> np.ndarray:
+        """Mean fused feature of class ``c``'s public samples under prompt ``c`` (unit norm); with no
+        public samples, of four uniform grey images under different noise (the prompt alone)."""
+        prompt = [extractor.request.prompts[c]]
+        if public.shape[1]:
+            ids = public[c]
+            images = images_to_tensor(self.experiment.dataset.train_images, ids)
+        else:
+            ids = np.arange(4)
+            size = self.experiment.config.teacher.resolution
+            images = torch.full((len(ids), 3, size, size), 128, dtype=torch.uint8)
+        raw = extractor.raw(images, torch.from_numpy(ids), prompt)
+        mean = extractor.reducer.transform(raw)[FUSED].mean(dim=0)
+        return torch.nn.functional.normalize(mean, dim=0).numpy()

@@ -1,0 +1,237 @@
+"""The Stable Diffusion teacher on a tiny random checkpoint: shapes, reproducible noise, prompt handling,
+FedDifRC's one-pass up-block extraction, file errors and the weight fingerprint; plus the TAEF2 codec."""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from semanticfl.errors import UserError
+from semanticfl.teachers import taef2
+from semanticfl.teachers.base import NULL_PROMPT, ExtractionSettings, class_prompts
+from semanticfl.teachers.codecs import TAEF2Codec
+from semanticfl.teachers.diffusion import DiffusionTeacher
+from semanticfl.teachers.sd import build_tiny_stable_diffusion, load_stable_diffusion
+from semanticfl.teachers.taef2 import TAEF2
+
+SETTINGS = ExtractionSettings(resolution=32, timestep=300, up_blocks=(1, 2, 3), batch_size=4, seed=0)
+PROMPTS = class_prompts(["cat", "dog", "sports_car"])
+UNET_WEIGHTS = Path("unet") / "diffusion_pytorch_model.safetensors"
+VAE_WEIGHTS = Path("vae") / "diffusion_pytorch_model.safetensors"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    return build_tiny_stable_diffusion(tmp_path_factory.mktemp("tiny-sd"))
+
+
+@pytest.fixture(scope="module")
+def teacher(checkpoint: Path) -> DiffusionTeacher:
+    return load_stable_diffusion(str(checkpoint), SETTINGS)
+
+
+@pytest.fixture(scope="module")
+def images() -> torch.Tensor:
+    return torch.randint(
+        0, 256, (5, 3, 32, 32), generator=torch.Generator().manual_seed(1), dtype=torch.uint8
+    )
+
+
+IDS = torch.arange(10, 15)
+
+
+def variant(teacher: DiffusionTeacher, **changes) -> DiffusionTeacher:
+    """The same frozen modules with other extraction settings."""
+    settings = dataclasses.replace(teacher.settings, **changes)
+    return DiffusionTeacher(
+        teacher.codec, teacher.text, teacher.unet, teacher.scheduler, settings, teacher.fingerprint
+    )
+
+
+def copy_checkpoint(checkpoint: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(checkpoint, tmp_path / "copy"))
+
+
+def assert_same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for key, value in a.items():
+        torch.testing.assert_close(value, b[key], rtol=1e-5, atol=1e-5, msg=key)
+
+
+def test_shapes_follow_the_unet_config(teacher: DiffusionTeacher, images: torch.Tensor) -> None:
+    out = teacher.features(images, IDS, [NULL_PROMPT])
+    assert out["latent"].shape == (5, 4, 8, 8)
+    widths = list(reversed(teacher.unet.config.block_out_channels))
+    for i in SETTINGS.up_blocks:
+        assert out[f"up{i}"].shape[:2] == (5, widths[i])
+        assert out[f"up{i}"].dtype == torch.float32
+    assert teacher.feature_shapes() == {key: tuple(value.shape[1:]) for key, value in out.items()}
+    assert teacher.text_embeddings(PROMPTS).shape == (3, teacher.text.dim)
+    torch.testing.assert_close(teacher.text_embeddings(PROMPTS).norm(dim=1), torch.ones(3))
+
+
+def test_prepare_accepts_uint8_grayscale_and_float(teacher: DiffusionTeacher) -> None:
+    gray = torch.randint(0, 256, (2, 1, 28, 28), dtype=torch.uint8)
+    rgb = gray.expand(-1, 3, -1, -1).float() / 255
+    prepared = teacher.prepare(gray)
+    assert prepared.shape == (2, 3, 32, 32) and prepared.dtype == torch.float32
+    torch.testing.assert_close(prepared, teacher.prepare(rgb))
+    assert 0 <= prepared.min() and prepared.max() <= 1
+
+
+def test_same_seed_same_features_other_seed_other_features(
+    teacher: DiffusionTeacher, images: torch.Tensor
+) -> None:
+    first = teacher.features(images, IDS, [NULL_PROMPT])
+    assert_same(first, variant(teacher).features(images, IDS, [NULL_PROMPT]))
+    other = variant(teacher, seed=1).features(images, IDS, [NULL_PROMPT])
+    torch.testing.assert_close(other["latent"], first["latent"])
+    assert not torch.allclose(other["up1"], first["up1"])
+
+
+def test_features_do_not_depend_on_the_batch(teacher: DiffusionTeacher, images: torch.Tensor) -> None:
+    batch = teacher.features(images, IDS, [NULL_PROMPT])  # batch_size 4: chunks of 4 and 1
+    for k in (0, 4):
+        alone = teacher.features(images[k : k + 1], IDS[k : k + 1], [NULL_PROMPT])
+        assert_same(alone, {key: value[k : k + 1] for key, value in batch.items()})
+
+
+def test_posterior_samples_are_per_sample(teacher: DiffusionTeacher, images: torch.Tensor) -> None:
+    sampling = variant(teacher, latent_sample=True)
+    batch = sampling.latents(images, IDS)
+    torch.testing.assert_close(sampling.latents(images[2:3], IDS[2:3]), batch[2:3])
+    assert not torch.allclose(batch, teacher.latents(images, IDS))
+
+
+def test_per_prompt_features_match_single_prompt_features(
+    teacher: DiffusionTeacher, images: torch.Tensor
+) -> None:
+    per_prompt = teacher.features_per_prompt(images, IDS, PROMPTS)  # 15 rows, batch_size 4
+    assert per_prompt.keys() == {"up1", "up2", "up3"}
+    for p, prompt in enumerate(PROMPTS):
+        single = teacher.features(images, IDS, [prompt])
+        for key, value in per_prompt.items():
+            assert value.shape[:2] == (5, 3)
+            torch.testing.assert_close(value[:, p], single[key], rtol=1e-5, atol=1e-5)
+
+
+def test_more_prompts_than_batch_rows(teacher: DiffusionTeacher, images: torch.Tensor) -> None:
+    wide = teacher.features_per_prompt(images[:2], IDS[:2], PROMPTS)
+    assert_same(variant(teacher, batch_size=2).features_per_prompt(images[:2], IDS[:2], PROMPTS), wide)
+
+
+def test_one_prompt_per_image(teacher: DiffusionTeacher, images: torch.Tensor) -> None:
+    prompts = [PROMPTS[0], PROMPTS[1], PROMPTS[0], NULL_PROMPT, PROMPTS[2]]
+    mixed = teacher.features(images, IDS, prompts)
+    for k in (1, 3):
+        single = teacher.features(images[k : k + 1], IDS[k : k + 1], [prompts[k]])
+        assert_same(single, {key: value[k : k + 1] for key, value in mixed.items()})
+
+
+def test_prompt_and_timestep_change_the_features(teacher: DiffusionTeacher, images: torch.Tensor) -> None:
+    null = teacher.features(images, IDS, [NULL_PROMPT])
+    cat = teacher.features(images, IDS, [PROMPTS[0]])
+    later = variant(teacher, timestep=700).features(images, IDS, [NULL_PROMPT])
+    for key in ("up1", "up2", "up3"):
+        assert not torch.allclose(null[key], cat[key])
+        assert not torch.allclose(null[key], later[key])
+    torch.testing.assert_close(later["latent"], null["latent"])
+
+
+def test_noise_draws_are_averaged(teacher: DiffusionTeacher, images: torch.Tensor) -> None:
+    averaged = variant(teacher, noise_draws=2).features(images, IDS, [PROMPTS[1]])
+    latents = teacher.latents(images, IDS)
+    states, mask = teacher.text.tokens([PROMPTS[1]])
+    states, mask = states.expand(5, -1, -1), mask.expand(5, -1)
+    draws = [teacher.up_block_features(teacher.noised(latents, IDS, k), states, mask) for k in (0, 1)]
+    for i in SETTINGS.up_blocks:
+        torch.testing.assert_close(averaged[f"up{i}"], (draws[0][i] + draws[1][i]) / 2, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(draws[0][1], draws[1][1])
+
+
+def test_hooks_are_removed_even_when_the_unet_fails(teacher: DiffusionTeacher, images: torch.Tensor) -> None:
+    teacher.features(images[:1], IDS[:1], [NULL_PROMPT])
+    noisy = teacher.noised(teacher.latents(images[:1], IDS[:1]), IDS[:1], 0)
+    with pytest.raises(RuntimeError):
+        teacher.up_block_features(noisy, torch.zeros(1, 77, 5), None)  # wrong context width
+    assert all(len(block._forward_hooks) == 0 for block in teacher.unet.up_blocks)
+
+
+def test_bad_settings_are_user_errors(teacher: DiffusionTeacher) -> None:
+    with pytest.raises(UserError, match=r"0\.\.3"):
+        variant(teacher, up_blocks=(1, 4))
+    with pytest.raises(UserError, match="timestep"):
+        variant(teacher, timestep=1000)
+    with pytest.raises(UserError, match="multiple of 4"):
+        variant(teacher, resolution=30)
+
+
+def test_missing_checkpoint_is_a_user_error(checkpoint: Path, tmp_path: Path) -> None:
+    missing = tmp_path / "nowhere"
+    with pytest.raises(UserError, match=str(missing)):
+        load_stable_diffusion(str(missing), SETTINGS)
+    with pytest.raises(UserError, match="semanticfl-test/not-cached"):
+        load_stable_diffusion("semanticfl-test/not-cached", SETTINGS)
+    partial = copy_checkpoint(checkpoint, tmp_path)
+    shutil.rmtree(partial / "unet")
+    with pytest.raises(UserError, match="missing unet/"):
+        load_stable_diffusion(str(partial), SETTINGS)
+
+
+def test_corrupt_weights_are_a_user_error(checkpoint: Path, tmp_path: Path) -> None:
+    broken = copy_checkpoint(checkpoint, tmp_path)
+    weights = broken / UNET_WEIGHTS
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with pytest.raises(UserError, match="corrupt"):
+        load_stable_diffusion(str(broken), SETTINGS)
+
+
+def test_fingerprint_follows_the_weight_bytes(
+    teacher: DiffusionTeacher, checkpoint: Path, tmp_path: Path
+) -> None:
+    moved = copy_checkpoint(checkpoint, tmp_path)
+    assert load_stable_diffusion(str(moved), SETTINGS).fingerprint == teacher.fingerprint
+    weights = moved / VAE_WEIGHTS
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0x01  # last byte of the last tensor: the file stays loadable
+    weights.write_bytes(bytes(data))
+    assert load_stable_diffusion(str(moved), SETTINGS).fingerprint != teacher.fingerprint
+
+
+def test_autoencoder_kl_codec_round_trip(teacher: DiffusionTeacher, images: torch.Tensor) -> None:
+    codec = teacher.codec
+    assert (codec.latent_channels, codec.downsample) == (4, 4)
+    decoded = codec.decode(codec.encode(teacher.prepare(images)))
+    assert decoded.shape == (5, 3, 32, 32)
+    assert 0 <= decoded.min() and decoded.max() <= 1
+
+
+@pytest.fixture(scope="module")
+def taef2_model() -> TAEF2:
+    if not any(taef2._is_complete(folder) for folder in taef2.candidate_folders()):
+        pytest.skip(f"TAEF2 weights not installed (looked in {taef2.candidate_folders()})")
+    return TAEF2.from_directory()
+
+
+def test_taef2_codec_round_trip(taef2_model: TAEF2) -> None:
+    ramp = torch.linspace(0, 1, 32)
+    images = torch.stack([ramp.expand(32, 32), ramp[:, None].expand(32, 32), torch.full((32, 32), 0.4)])[None]
+    codec = TAEF2Codec(taef2_model, scaling_factor=0.5, shift=0.1)
+    latents = codec.encode(images)
+    assert latents.shape == (1, 32, 4, 4) and (codec.latent_channels, codec.downsample) == (32, 8)
+    torch.testing.assert_close(latents, (taef2_model.encode(images) - 0.1) * 0.5)
+    torch.testing.assert_close(codec.decode(latents), taef2_model.decode(taef2_model.encode(images)))
+    psnr = -10 * torch.log10(((codec.decode(latents) - images) ** 2).mean())
+    assert psnr > 20
