@@ -112,6 +112,8 @@ class EngineConfig:
     """Clients trained at once in simulation; 0 = one per available core."""
     device: str = "cpu"
     keep_checkpoints: int = 2
+    audit: bool = False
+    """Describe every message a client sends in ``messages.jsonl`` (see engine/audit.py)."""
 
 
 @dataclass

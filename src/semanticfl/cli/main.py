@@ -8,20 +8,25 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any, NoReturn
 
 from semanticfl.errors import RunAborted, UserError
 
+QUICKSTART_ALGORITHMS = ("fedavg", "semanticfl")
+
 EPILOG = """\
 examples:
-  semanticfl run                                   # the quickstart: Fashion-MNIST, 10 clients, Dir(0.1)
+  semanticfl run                                   # the quickstart: SemanticFL vs FedAvg, Fashion-MNIST, Dir(0.1)
+  semanticfl run quickstart algorithm.name=semanticfl train.rounds=5   # one algorithm of it
   semanticfl run cifar10_cnn partition.alpha=0.5 train.rounds=20
   semanticfl run my.toml algorithm.name=fedavg experiment.seed=1
   semanticfl run --resume runs/quickstart-20261122-101500
   semanticfl compare cifar10_cnn --algorithms fedavg,fedprox,scaffold train.rounds=10
   semanticfl features cifar10_cnn algorithm.name=feddifrc data.server_holdout=10000
+  semanticfl teacher train cifar10_cnn data.server_holdout=10000 --out teachers/cifar10 --minutes 45
   semanticfl partition cifar10_cnn partition.scheme=pathological partition.classes_per_client=2
   semanticfl config cifar10_cnn train.lr=0.05      # print the resolved config
   semanticfl list                                  # datasets, algorithms, models, shipped configs
@@ -50,7 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="show Flower's and Ray's logs")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    run = sub.add_parser("run", help="run an experiment (default: the quickstart)")
+    run = sub.add_parser(
+        "run", help="run an experiment (no arguments: the quickstart, SemanticFL vs FedAvg side by side)"
+    )
     _config_arguments(run)
     run.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its newest checkpoint")
     run.add_argument(
@@ -84,6 +91,15 @@ def build_parser() -> argparse.ArgumentParser:
         "features", help="extract the algorithm's teacher features once into the feature store"
     )
     _config_arguments(feats)
+
+    teach = sub.add_parser("teacher", help="train or judge the offline teacher of a config's dataset")
+    teach.add_argument("action", choices=("train", "report"))
+    _config_arguments(teach)
+    teach.add_argument(
+        "--out", metavar="DIR", required=True, help="the teacher folder (train) or report folder"
+    )
+    teach.add_argument("--minutes", type=float, default=45.0, help="train: wall-clock budget (default 45)")
+    teach.add_argument("--timestep", type=int, default=300, help="report: noise level of the probed features")
 
     show = sub.add_parser("config", help="print the resolved config as TOML")
     _config_arguments(show)
@@ -174,6 +190,24 @@ def cmd_features(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_teacher(args: argparse.Namespace) -> int:
+    from semanticfl.cli.teacher import report_teacher, train_teacher
+    from semanticfl.config import load_config
+    from semanticfl.engine.experiment import Experiment
+
+    source, overrides = split_items(args.items)
+    experiment = Experiment(load_config(source, overrides))
+    if args.action == "train":
+        folder = train_teacher(experiment, Path(args.out), args.minutes)
+        print(f"teacher: {folder}  (use it with teacher.path={folder})")
+        return 0
+    report = report_teacher(experiment, Path(args.out), args.timestep)
+    for name, accuracy in sorted(report["probe_accuracy"].items()):
+        print(f"linear probe on {name}: {100 * accuracy:.2f} % test accuracy")
+    print(f"extraction: {report['extract_images_per_s']:.0f} images/s; report in {args.out}")
+    return 0
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from semanticfl.cli.runs import print_summary, resume_run, start_run
 
@@ -181,6 +215,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.until_round < 0:
         raise UserError(f"--until-round must be >= 0, got {args.until_round}")
     connection = {"address": args.superlink, "root_certificates": args.root_certificates}
+    if not args.items and not args.resume:
+        from semanticfl.cli.compare import compare
+
+        folder = compare(None, [], list(QUICKSTART_ALGORITHMS), connection)
+        print(f"comparison: {folder}")
+        return 0
     if args.resume:
         if source or overrides:
             raise UserError("--resume continues a run with its saved config; drop the config and overrides")
@@ -208,8 +248,17 @@ COMMANDS = {
     "compare": cmd_compare,
     "partition": cmd_partition,
     "features": cmd_features,
+    "teacher": cmd_teacher,
     "config": cmd_config,
     "list": cmd_list,
+}
+
+
+QUIET_LIBRARIES = {
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    "TRANSFORMERS_VERBOSITY": "error",
+    "DIFFUSERS_VERBOSITY": "error",
+    "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
 }
 
 
@@ -218,6 +267,8 @@ def configure_logging(verbose: bool) -> None:
     logging.getLogger("semanticfl").setLevel(logging.INFO if verbose else logging.WARNING)
     if not verbose:
         logging.getLogger("flwr").setLevel(logging.ERROR)
+        for variable, value in QUIET_LIBRARIES.items():  # model loading: no progress bars, no hints
+            os.environ.setdefault(variable, value)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -25,6 +25,7 @@ from flwr.serverapp import Grid
 
 from semanticfl.algorithms.base import Arrays, ClientUpdate, load_arrays
 from semanticfl.engine import records
+from semanticfl.engine.audit import AuditingGrid
 from semanticfl.engine.checkpoint import load_latest_checkpoint, save_checkpoint
 from semanticfl.engine.experiment import Experiment, derive_seed
 from semanticfl.engine.outputs import RunDirectory, plot_accuracy, summarize
@@ -53,6 +54,9 @@ def sample_clients(seed: int, round_number: int, num_clients: int, fraction: flo
     count = max(1, math.ceil(fraction * num_clients))
     rng = np.random.default_rng(derive_seed(seed, round_number, _SAMPLING_STREAM))
     return sorted(int(i) for i in rng.choice(num_clients, size=count, replace=False))
+
+
+AUDIT_FILE = "messages.jsonl"
 
 
 class FederatedServer:
@@ -97,6 +101,8 @@ class FederatedServer:
         last = min(total, until_round or total)
         if self.start_round > last:
             return self.finish()
+        if self.config.engine.audit:
+            grid = AuditingGrid(grid, self.run_dir.path / AUDIT_FILE)
         nodes = self.discover_nodes(grid)
         with RoundReporter(total, self.start_round, self.config.experiment.name) as reporter:
             for round_number in range(self.start_round, last + 1):

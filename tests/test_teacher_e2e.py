@@ -1,0 +1,98 @@
+"""Teacher-guided runs end to end through the CLI, on a tiny randomly initialised Stable Diffusion
+(the real diffusers classes and extraction path, no download) and Fashion-MNIST."""
+
+import json
+
+import pytest
+
+from helpers import read_rounds, run_dirs, semanticfl
+from semanticfl.config import load_config
+from semanticfl.engine.audit import read_audit
+from semanticfl.engine.experiment import Experiment
+from semanticfl.teachers.sd import build_tiny_stable_diffusion
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("fashion_mnist_available")]
+
+TINY = [
+    "partition.num_clients=3",
+    "data.server_holdout=1000",
+    "data.train_fraction=0.004",
+    "teacher.kind=stable_diffusion",
+    "teacher.fit_samples=64",
+    "train.rounds=2",
+    "engine.parallel_clients=2",
+]
+FEDDIFRC = ["algorithm.name=feddifrc", 'algorithm.feddifrc.layers=["up-2","up-1"]', "algorithm.feddifrc.layer_dims=[16,16]"]
+SEMANTICFL = [
+    "algorithm.name=semanticfl",
+    'algorithm.semanticfl.layers=["latent","up-2","up-1"]',
+    "algorithm.semanticfl.layer_dims=[4,16,16]",
+    "algorithm.semanticfl.text_dim=32",
+]
+
+
+@pytest.fixture(scope="module")
+def tiny_sd(tmp_path_factory):
+    return build_tiny_stable_diffusion(tmp_path_factory.mktemp("sd") / "tiny-sd")
+
+
+@pytest.fixture
+def env(tmp_path):
+    return {"SEMANTICFL_CACHE": str(tmp_path / "cache")}
+
+
+def test_features_are_extracted_once_and_keyed_by_the_timestep(tmp_path, tiny_sd, env):
+    args = ["features", "quickstart", *TINY, f"teacher.path={tiny_sd}", *FEDDIFRC]
+    first = semanticfl(*args, cwd=tmp_path, env=env)
+    assert first.returncode == 0, first.stderr
+    lines = first.stdout.strip().splitlines()
+    assert [line.split(":")[0] for line in lines] == ["feddifrc.tdcl", "feddifrc.ndcr"]
+    assert "× (10, 32)" in lines[0] and "× (32,)" in lines[1]
+    again = semanticfl(*args, cwd=tmp_path, env=env)
+    paths = lambda out: [line.rsplit("→ ", 1)[1] for line in out.strip().splitlines()]  # noqa: E731
+    assert paths(again.stdout) == paths(first.stdout)
+    ndcr_only = semanticfl(*args, "algorithm.feddifrc.lambda_tdcl=0", cwd=tmp_path, env=env)
+    assert paths(ndcr_only.stdout) == paths(first.stdout)[1:]  # the same request: a cache hit
+    later = semanticfl(*args, "algorithm.feddifrc.lambda_tdcl=0", "algorithm.feddifrc.timestep=600", cwd=tmp_path, env=env)
+    assert later.returncode == 0, later.stderr
+    assert paths(later.stdout) != paths(ndcr_only.stdout)
+
+
+def test_feddifrc_trains_on_cached_teacher_features(tmp_path, tiny_sd, env):
+    out = tmp_path / "runs"
+    done = semanticfl("run", "quickstart", *TINY, f"teacher.path={tiny_sd}", *FEDDIFRC,
+                      f"experiment.output_dir={out}", cwd=tmp_path, env=env)
+    assert done.returncode == 0, done.stderr
+    rounds = read_rounds(run_dirs(out)[0])
+    assert len(rounds) == 2 and all(r["clients"] == 3 for r in rounds)
+    assert all(r["train_loss"] == r["train_loss"] and r["train_loss"] > 0 for r in rounds)  # finite
+
+
+def test_semanticfl_anchors_mode_clients_send_only_model_arrays_and_metrics(tmp_path, tiny_sd, env):
+    out = tmp_path / "runs"
+    done = semanticfl("run", "quickstart", *TINY, f"teacher.path={tiny_sd}", *SEMANTICFL,
+                      "engine.audit=true", f"experiment.output_dir={out}", cwd=tmp_path, env=env)
+    assert done.returncode == 0, done.stderr
+    run_dir = run_dirs(out)[0]
+    model = Experiment(load_config(str(run_dir / "config.toml"), [])).build_model()
+    shapes = {name: list(value.shape) for name, value in model.state_dict().items()}
+    audit = read_audit(run_dir / "messages.jsonl")
+    train = [m for m in audit if m["type"] == "train"]
+    assert len(train) == 2 * 3 and all("error" not in m for m in train)
+    for message in audit:
+        kinds = {name: record["kind"] for name, record in message["records"].items()}
+        assert set(kinds.values()) <= {"arrays", "metrics"}
+    for message in train:
+        arrays = message["records"]["model"]["arrays"]
+        assert "teacher_projection.weight" in arrays and "text_projection.weight" in arrays
+        assert message["records"]["extra"]["arrays"] == {}
+        assert {name: spec["shape"] for name, spec in arrays.items()} == shapes
+    assert len({json.dumps(m["records"]["model"]["arrays"], sort_keys=True) for m in train}) == 1
+
+
+def test_missing_stable_diffusion_weights_is_a_one_line_error(tmp_path, env):
+    done = semanticfl("run", "quickstart", *TINY, f"teacher.path={tmp_path / 'nope'}", *FEDDIFRC,
+                      cwd=tmp_path, env=env)
+    assert done.returncode == 2
+    assert done.stderr.count("\n") == 1 and str(tmp_path / "nope") in done.stderr
+    assert "Traceback" not in done.stderr
