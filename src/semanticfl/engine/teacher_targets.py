@@ -140,7 +140,20 @@ class RequestExtractor:
         ups = tuple(sorted({int(name[2:]) for name in self.layers if name != "latent"})) or (0,)
         settings = dataclasses.replace(teacher.settings, timestep=request.timestep, up_blocks=ups)
         self.teacher = with_settings(teacher, settings)
+        self.check_dims()
         self.reducer = FeatureReducer(dict(zip(self.layers, request.layer_dims)), mode=request.reduction)
+
+    def check_dims(self) -> None:
+        """Each layer's PCA keeps at most as many dims as the layer has channels."""
+        shapes = self.teacher.feature_shapes()
+        channels = [shapes[name][0] for name in self.layers]
+        if any(k > c for k, c in zip(self.request.layer_dims, channels)):
+            algorithm = self.request.name.split(".")[0]
+            raise UserError(
+                f"layer_dims {list(self.request.layer_dims)} exceed the channels {channels} of the teacher's "
+                f"layers {list(self.request.layers)}; set algorithm.{algorithm}.layer_dims to at most "
+                f"{channels}"
+            )
 
     def description(self) -> dict:
         """Everything the extracted values depend on besides the data and the reducer's fit."""
