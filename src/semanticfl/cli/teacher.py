@@ -31,7 +31,7 @@ def train_teacher(experiment: Experiment, out: Path, minutes: float) -> Path:
         resolution=experiment.config.teacher.resolution,
         minutes=minutes,
         seed=experiment.config.experiment.seed,
-        log=print,
+        log=lambda line: print(line, flush=True),
     )
 
 
