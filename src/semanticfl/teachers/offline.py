@@ -39,7 +39,6 @@ from torch import Tensor, nn
 from semanticfl.data.datasets import ImageDataset, images_to_tensor, load_image_dataset
 from semanticfl.engine.experiment import stratified_holdout
 from semanticfl.errors import UserError
-from semanticfl.files import atomic_write_text
 from semanticfl.teachers.base import DEFAULT_TEMPLATE, NULL_PROMPT, ExtractionSettings, class_prompts
 from semanticfl.teachers.codecs import TAEF2Codec
 from semanticfl.teachers.diffusion import DiffusionTeacher
@@ -51,8 +50,12 @@ logger = logging.getLogger(__name__)
 FORMAT_VERSION = 1
 TEACHER_FILE = "teacher.json"
 UNET_WEIGHTS = Path("unet") / "diffusion_pytorch_model.safetensors"
-HASHED_FILES = (UNET_WEIGHTS, Path("unet") / "config.json", Path("scheduler") / "scheduler_config.json",
-                Path(TEACHER_FILE))
+HASHED_FILES = (
+    UNET_WEIGHTS,
+    Path("unet") / "config.json",
+    Path("scheduler") / "scheduler_config.json",
+    Path(TEACHER_FILE),
+)
 WEIGHTS_ROOT = Path(__file__).resolve().parent / "weights"
 TRAIN_HINT = "train one with `semanticfl teacher train CONFIG` (or point teacher.path at a teacher folder)"
 LOAD_ERRORS = (OSError, ValueError, RuntimeError, KeyError, TypeError, SafetensorError)
@@ -113,7 +116,9 @@ def prepare_images(images: Tensor, resolution: int) -> Tensor:
     x = images.float() / 255
     x = x.expand(-1, 3, -1, -1)
     if tuple(x.shape[-2:]) != (resolution, resolution):
-        x = F.interpolate(x, size=(resolution, resolution), mode="bilinear", align_corners=False, antialias=True)
+        x = F.interpolate(
+            x, size=(resolution, resolution), mode="bilinear", align_corners=False, antialias=True
+        )
     return x.clamp(0, 1)
 
 
@@ -147,12 +152,16 @@ def _check_training_args(resolution: int, minutes: float, batch_size: int, cond_
 def public_split(dataset: ImageDataset, holdout_size: int, holdout_seed: int) -> np.ndarray:
     """The server's public split: the stratified holdout that no federated client holds."""
     if holdout_size < 1:
-        raise UserError(f"holdout_size must be >= 1 (the public split the teacher trains on), got {holdout_size}")
+        raise UserError(
+            f"holdout_size must be >= 1 (the public split the teacher trains on), got {holdout_size}"
+        )
     return stratified_holdout(dataset.train_labels, holdout_size, holdout_seed)
 
 
 @torch.no_grad()
-def encode_latents(taef2: TAEF2, images: np.ndarray, indices: np.ndarray, resolution: int, flip: bool) -> Tensor:
+def encode_latents(
+    taef2: TAEF2, images: np.ndarray, indices: np.ndarray, resolution: int, flip: bool
+) -> Tensor:
     """Unscaled TAEF2 latents of ``images[indices]``, followed by those of their mirror images if ``flip``."""
     parts, mirrored = [], []
     for start in range(0, len(indices), ENCODE_CHUNK):
@@ -194,7 +203,9 @@ def _lr_factor(step: int, progress: float) -> float:
 class _Trainer:
     """Epsilon-prediction training of the U-Net on precomputed latents and prompt states."""
 
-    def __init__(self, unet, scheduler, latents, labels, states, *, batch_size, lr, cond_dropout, seed) -> None:
+    def __init__(
+        self, unet, scheduler, latents, labels, states, *, batch_size, lr, cond_dropout, seed
+    ) -> None:
         self.unet, self.scheduler = unet.train(), scheduler
         self.latents, self.labels = latents, labels
         self.states, self.mask = states
@@ -226,7 +237,7 @@ class _Trainer:
         loss.backward()
         self.optimizer.step()
         self.ema.update(self.unet, step)
-        return float(loss)
+        return float(loss.detach())
 
 
 def _run(trainer: _Trainer, seconds: float, max_steps: int | None, log_every: int, log: Log) -> dict:
@@ -256,17 +267,28 @@ def _run(trainer: _Trainer, seconds: float, max_steps: int | None, log_every: in
 # ------------------------------------------------------------------------------------------------- saving
 
 
+def _check_out_dir(out_dir: Path) -> None:
+    """Refuse (before any training) to replace a folder that holds something other than a teacher."""
+    if out_dir.exists() and not (out_dir / TEACHER_FILE).is_file() and any(out_dir.iterdir()):
+        raise UserError(f"{out_dir} exists and is not a teacher folder; choose an empty or new folder")
+
+
 def _replace_folder(staged: Path, out_dir: Path) -> None:
     """Move the complete ``staged`` folder to ``out_dir``, replacing an earlier teacher folder there."""
     if not out_dir.exists():
         os.replace(staged, out_dir)
         return
-    if any(out_dir.iterdir()) and not (out_dir / TEACHER_FILE).is_file():
-        raise UserError(f"{out_dir} exists and is not a teacher folder; choose an empty or new folder")
     retired = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.old-"))
     os.replace(out_dir, retired / out_dir.name)
     os.replace(staged, out_dir)
     shutil.rmtree(retired, ignore_errors=True)
+
+
+def _make_readable(folder: Path) -> None:
+    """World-readable modes (temp folders are owner-only); the weights ship as package data."""
+    folder.chmod(0o755)
+    for path in folder.rglob("*"):
+        path.chmod(0o755 if path.is_dir() else 0o644)
 
 
 def _save(out_dir: Path, unet: nn.Module, scheduler, meta: dict) -> None:
@@ -274,12 +296,60 @@ def _save(out_dir: Path, unet: nn.Module, scheduler, meta: dict) -> None:
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staged = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-"))
     try:
-        copy.deepcopy(unet).to(torch.float16).save_pretrained(staged / "unet", safe_serialization=True)
+        copy.deepcopy(unet).half().save_pretrained(staged / "unet", safe_serialization=True)
         scheduler.save_pretrained(staged / "scheduler")
-        atomic_write_text(staged / TEACHER_FILE, json.dumps(meta, indent=1) + "\n")
+        (staged / TEACHER_FILE).write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
+        _make_readable(staged)
         _replace_folder(staged, out_dir)
     finally:
         shutil.rmtree(staged, ignore_errors=True)
+
+
+def _training_data(
+    dataset_name: str,
+    holdout_size: int,
+    holdout_seed: int,
+    resolution: int,
+    limit: int | None,
+    augment_flip: bool,
+    prompt_template: str,
+) -> tuple[Tensor, Tensor, tuple[Tensor, Tensor], dict]:
+    """Scaled latents, labels and prompt states of the public split, and the provenance for teacher.json."""
+    dataset = load_image_dataset(dataset_name)
+    split = public_split(dataset, holdout_size, holdout_seed)
+    used = split if limit is None else split[:limit]
+    flip = augment_flip and dataset_name not in CHIRAL_DATASETS
+    taef2 = TAEF2.from_directory()
+    raw = encode_latents(taef2, dataset.train_images, used, resolution, flip)
+    shift, scale = float(raw.mean()), float(1 / raw.std())
+    labels = torch.as_tensor(np.asarray(dataset.train_labels)[used], dtype=torch.long).repeat(
+        2 if flip else 1
+    )
+    text = MiniLMPromptEncoder.load()
+    states = _prompt_states(text, class_prompts(dataset.classes, prompt_template))
+    provenance = {
+        "dataset": dataset_name,
+        "classes": list(dataset.classes),
+        "prompt_template": prompt_template,
+        "resolution": resolution,
+        "codec": {
+            "name": "taef2",
+            "shift": shift,
+            "scaling_factor": scale,
+            "encoder_sha256": _module_sha256(taef2.encoder),
+        },
+        "text": {"name": MINILM_NAME, "package": MINILM_PACKAGE, "fingerprint": text.fingerprint()},
+        "trained_on": {
+            "dataset": dataset_name,
+            "split": "train",
+            "holdout_size": holdout_size,
+            "holdout_seed": holdout_seed,
+            "indices_sha256": _indices_sha256(split),
+            "samples_used": len(used),
+            "flipped_copies": flip,
+        },
+    }
+    return (raw - shift) * scale, labels, states, provenance
 
 
 def train_offline_teacher(
@@ -301,36 +371,39 @@ def train_offline_teacher(
     limit: int | None = None,
     max_steps: int | None = None,
     unet_config: dict | None = None,
+    threads: int | None = None,
 ) -> Path:
     """Train the offline teacher of ``dataset_name`` for ``minutes`` of wall-clock time; returns ``out_dir``.
 
     Only the public split ``stratified_holdout(train_labels, holdout_size, holdout_seed)`` is used (its
     first ``limit`` samples if given, for tests). ``max_steps`` stops earlier; ``unet_config`` overrides
-    :data:`DEFAULT_UNET`. Uses every CPU core; the EMA weights are saved.
+    :data:`DEFAULT_UNET`. Runs on ``threads`` torch threads (default: every core the process may use);
+    the EMA weights are saved.
     """
     _check_training_args(resolution, minutes, batch_size, cond_dropout)
     log = log or logger.info
     out_dir = Path(out_dir)
+    _check_out_dir(out_dir)
     threads = torch.get_num_threads()
-    torch.set_num_threads(len(os.sched_getaffinity(0)))
+    torch.set_num_threads(threads or len(os.sched_getaffinity(0)))
     try:
         torch.manual_seed(seed)
-        dataset = load_image_dataset(dataset_name)
-        split = public_split(dataset, holdout_size, holdout_seed)
-        used = split if limit is None else split[:limit]
-        flip = augment_flip and dataset_name not in CHIRAL_DATASETS
         began = time.perf_counter()
-        taef2 = TAEF2.from_directory()
-        raw = encode_latents(taef2, dataset.train_images, used, resolution, flip)
-        shift, scale = float(raw.mean()), float(1 / raw.std())
-        labels = torch.as_tensor(np.asarray(dataset.train_labels)[used], dtype=torch.long).repeat(2 if flip else 1)
-        text = MiniLMPromptEncoder.load()
-        states = _prompt_states(text, class_prompts(dataset.classes, prompt_template))
-        log(f"encoded {len(raw)} latents of {len(used)} public samples in {time.perf_counter() - began:.0f} s")
+        latents, labels, states, provenance = _training_data(
+            dataset_name, holdout_size, holdout_seed, resolution, limit, augment_flip, prompt_template
+        )
+        log(f"encoded {len(latents)} public-split latents in {time.perf_counter() - began:.0f} s")
         unet, scheduler = build_unet(resolution, unet_config), build_scheduler()
         trainer = _Trainer(
-            unet, scheduler, (raw - shift) * scale, labels, states,
-            batch_size=batch_size, lr=lr, cond_dropout=cond_dropout, seed=seed,
+            unet,
+            scheduler,
+            latents,
+            labels,
+            states,
+            batch_size=batch_size,
+            lr=lr,
+            cond_dropout=cond_dropout,
+            seed=seed,
         )
         summary = _run(trainer, minutes * 60, max_steps, log_every, log)
     finally:
@@ -338,22 +411,8 @@ def train_offline_teacher(
     meta = {
         "format": FORMAT_VERSION,
         "kind": "offline",
-        "dataset": dataset_name,
-        "classes": list(dataset.classes),
-        "prompt_template": prompt_template,
-        "resolution": resolution,
-        "codec": {"name": "taef2", "shift": shift, "scaling_factor": scale, "encoder_sha256": _module_sha256(taef2.encoder)},
-        "text": {"name": MINILM_NAME, "package": MINILM_PACKAGE, "fingerprint": text.fingerprint()},
+        **provenance,
         "unet": {"parameters": sum(p.numel() for p in unet.parameters()), "dtype": "float16"},
-        "trained_on": {
-            "dataset": dataset_name,
-            "split": "train",
-            "holdout_size": holdout_size,
-            "holdout_seed": holdout_seed,
-            "indices_sha256": _indices_sha256(split),
-            "samples_used": len(used),
-            "flipped_copies": flip,
-        },
         "training": {
             **summary,
             "batch_size": batch_size,
@@ -366,7 +425,10 @@ def train_offline_teacher(
         },
     }
     _save(out_dir, trainer.ema.module, scheduler, meta)
-    log(f"saved the offline teacher to {out_dir} ({summary['steps']} steps, loss {summary['final_loss_ema']:.4f})")
+    log(
+        f"saved the offline teacher to {out_dir} "
+        f"({summary['steps']} steps, loss {summary['final_loss_ema']:.4f})"
+    )
     return out_dir
 
 
@@ -392,7 +454,9 @@ def teacher_info(folder: Path) -> dict:
     if not isinstance(info, dict) or info.get("kind") != "offline" or any(key not in info for key in needed):
         raise UserError(f"{path} does not describe an offline teacher; {TRAIN_HINT}")
     if info.get("format") != FORMAT_VERSION:
-        raise UserError(f"{path} has format {info.get('format')}, this version reads {FORMAT_VERSION}; {TRAIN_HINT}")
+        raise UserError(
+            f"{path} has format {info.get('format')}, this version reads {FORMAT_VERSION}; {TRAIN_HINT}"
+        )
     return info
 
 
@@ -402,21 +466,29 @@ def _load_parts(folder: Path):
     if not (folder / UNET_WEIGHTS).is_file():
         raise UserError(f"offline teacher weights {folder / UNET_WEIGHTS} missing; {TRAIN_HINT}")
     try:
-        unet = UNet2DConditionModel.from_pretrained(folder / "unet", torch_dtype=torch.float32)
+        unet = UNet2DConditionModel.from_pretrained(
+            folder / "unet", torch_dtype=torch.float32, low_cpu_mem_usage=False
+        )
         scheduler = DDIMScheduler.from_pretrained(folder / "scheduler")
     except LOAD_ERRORS as exc:
         reason = " ".join(str(exc).split())[:300] or type(exc).__name__
-        raise UserError(f"cannot load the offline teacher in {folder} ({reason}); it is corrupt: {TRAIN_HINT}") from None
+        raise UserError(
+            f"cannot load the offline teacher in {folder} ({reason}); it is corrupt: {TRAIN_HINT}"
+        ) from None
     return unet, scheduler
 
 
 def _check_components(folder: Path, info: dict, taef2: TAEF2, text: MiniLMPromptEncoder) -> None:
     if _module_sha256(taef2.encoder) != info["codec"].get("encoder_sha256"):
-        raise UserError(f"the teacher in {folder} was trained with other TAEF2 weights than the ones found; "
-                        "point SEMANTICFL_TAEF2 at the original taef2 files or retrain the teacher")
+        raise UserError(
+            f"the teacher in {folder} was trained with other TAEF2 weights than the ones found; "
+            "point SEMANTICFL_TAEF2 at the original taef2 files or retrain the teacher"
+        )
     if text.fingerprint() != info["text"].get("fingerprint"):
-        raise UserError(f"the teacher in {folder} was trained with another {MINILM_NAME} than the installed "
-                        f"one; reinstall `{MINILM_PACKAGE}` at the version it was trained with or retrain it")
+        raise UserError(
+            f"the teacher in {folder} was trained with another {MINILM_NAME} than the installed "
+            f"one; reinstall `{MINILM_PACKAGE}` at the version it was trained with or retrain it"
+        )
 
 
 def teacher_fingerprint(folder: Path, taef2: TAEF2, text: MiniLMPromptEncoder) -> str:
@@ -439,11 +511,17 @@ def load_offline_teacher(
     taef2, text = TAEF2.from_directory(), MiniLMPromptEncoder.load()
     _check_components(folder, info, taef2, text)
     if settings.resolution != info["resolution"]:
-        logger.warning("the teacher in %s was trained at %d px; extracting at %d px",
-                       folder, info["resolution"], settings.resolution)
+        logger.warning(
+            "the teacher in %s was trained at %d px; extracting at %d px",
+            folder,
+            info["resolution"],
+            settings.resolution,
+        )
     codec = TAEF2Codec(taef2, scaling_factor=info["codec"]["scaling_factor"], shift=info["codec"]["shift"])
     fingerprint = teacher_fingerprint(folder, taef2, text)
-    teacher = DiffusionTeacher(codec, text, unet, scheduler, settings, fingerprint, device=device, dtype=dtype)
+    teacher = DiffusionTeacher(
+        codec, text, unet, scheduler, settings, fingerprint, device=device, dtype=dtype
+    )
     text.model.to(teacher.device)
     return teacher
 
@@ -475,8 +553,9 @@ def _fit_probe(x: Tensor, y: Tensor, classes: int, weight_decay: float) -> tuple
     """Multinomial logistic regression, full-batch L-BFGS, L2 penalty ``weight_decay / 2 · |W|²``."""
     weight = torch.zeros(x.shape[1], classes, requires_grad=True)
     bias = torch.zeros(classes, requires_grad=True)
-    optimizer = torch.optim.LBFGS([weight, bias], max_iter=PROBE_ITERATIONS, history_size=20,
-                                  line_search_fn="strong_wolfe")
+    optimizer = torch.optim.LBFGS(
+        [weight, bias], max_iter=PROBE_ITERATIONS, history_size=20, line_search_fn="strong_wolfe"
+    )
 
     def closure() -> Tensor:
         optimizer.zero_grad()
@@ -493,7 +572,9 @@ def _accuracy(probe: tuple[Tensor, Tensor], x: Tensor, y: Tensor) -> float:
     return float(((x @ weight + bias).argmax(1) == y).float().mean())
 
 
-def linear_probe(train: Tensor, train_labels: Tensor, test: Tensor, test_labels: Tensor, seed: int = 0) -> dict:
+def linear_probe(
+    train: Tensor, train_labels: Tensor, test: Tensor, test_labels: Tensor, seed: int = 0
+) -> dict:
     """Test accuracy of a standardised logistic-regression probe whose weight decay is picked on a
     held-out fifth of the training rows."""
     mean, std = train.mean(0), train.std(0).clamp_min(1e-6)
@@ -501,8 +582,10 @@ def linear_probe(train: Tensor, train_labels: Tensor, test: Tensor, test_labels:
     classes = int(max(train_labels.max(), test_labels.max())) + 1
     order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))
     fit, val = order[: len(order) * 4 // 5], order[len(order) * 4 // 5 :]
-    scores = {wd: _accuracy(_fit_probe(train[fit], train_labels[fit], classes, wd), train[val], train_labels[val])
-              for wd in WEIGHT_DECAYS}
+    scores = {
+        wd: _accuracy(_fit_probe(train[fit], train_labels[fit], classes, wd), train[val], train_labels[val])
+        for wd in WEIGHT_DECAYS
+    }
     best = max(scores, key=scores.get)
     probe = _fit_probe(train, train_labels, classes, best)
     return {"accuracy": _accuracy(probe, test, test_labels), "weight_decay": best}
@@ -546,7 +629,9 @@ def evaluate_teacher(
     Also reports extraction throughput and, with ``plot_path``, saves a 2-D PCA of the fused test features.
     """
     rng = np.random.default_rng(seed)
-    train_rows = np.sort(rng.choice(public_indices, size=min(probe_samples, len(public_indices)), replace=False))
+    train_rows = np.sort(
+        rng.choice(public_indices, size=min(probe_samples, len(public_indices)), replace=False)
+    )
     test_rows = np.arange(len(dataset.test_labels) if test_samples is None else test_samples)
     train = _pooled_features(teacher, dataset.train_images, train_rows)
     began = time.perf_counter()
@@ -571,7 +656,7 @@ def evaluate_teacher(
     }
     if plot_path is not None:
         accuracy = report["probe_accuracy"]["teacher"]
-        title = f"{dataset.name} test set, teacher features at t={teacher.settings.timestep} (probe {accuracy:.1%})"
+        title = f"{dataset.name} test set, teacher at t={teacher.settings.timestep} (probe {accuracy:.1%})"
         _pca_plot(test["teacher"], y_test.numpy(), dataset.classes, Path(plot_path), title)
         report["plot"] = str(plot_path)
     return report

@@ -99,7 +99,11 @@ class MiniLMPromptEncoder:
 
     def _encode(self, prompts: list[str]) -> tuple[Tensor, Tensor]:
         batch = self.tokenizer(
-            list(prompts), padding="longest", truncation=True, max_length=MINILM_MAX_LENGTH, return_tensors="pt"
+            list(prompts),
+            padding="longest",
+            truncation=True,
+            max_length=MINILM_MAX_LENGTH,
+            return_tensors="pt",
         )
         batch = {key: value.to(_device(self.model)) for key, value in batch.items()}
         with torch.inference_mode():
@@ -149,7 +153,11 @@ class CLIPPromptEncoder:
 
     def _encode(self, prompts: list[str]):
         batch = self.tokenizer(
-            list(prompts), padding="max_length", truncation=True, max_length=self.max_length, return_tensors="pt"
+            list(prompts),
+            padding="max_length",
+            truncation=True,
+            max_length=self.max_length,
+            return_tensors="pt",
         )
         with torch.inference_mode():
             return self.model(input_ids=batch["input_ids"].to(_device(self.model)))
