@@ -86,7 +86,8 @@ def epoch(args: argparse.Namespace) -> None:
     torch.set_num_threads(1)  # one client per core, as in simulation
     overrides = [
         "data.server_holdout=10000", f"teacher.path={args.teacher}", "partition.num_clients=10",
-        "partition.alpha=0.5", "algorithm.name=feddifrc", f"teacher.cache_dir={args.cache}",
+        "partition.alpha=0.5", f"data.train_fraction={args.fraction}", "algorithm.feddifrc.layer_dims=[128,128,64]",
+        "algorithm.name=feddifrc", f"teacher.cache_dir={args.cache}",
     ]
     difrc = Experiment(load_config("cifar10_cnn", overrides))
     fedavg = Experiment(load_config("cifar10_cnn", [*overrides[:-2], "algorithm.name=fedavg"]))
@@ -99,6 +100,7 @@ def epoch(args: argparse.Namespace) -> None:
     t_ram = epoch_seconds(difrc, in_ram, args.repeats)
     record("teacher_epoch", {
         "samples": len(cached),
+        "train_fraction": args.fraction,
         "fedavg_s": t_fedavg,
         "feddifrc_cached_s": t_cached,
         "feddifrc_in_ram_s": t_ram,
@@ -124,6 +126,7 @@ def main() -> None:
     e.add_argument("--teacher", required=True, help="an offline teacher folder")
     e.add_argument("--cache", required=True, help="feature store root holding the CIFAR-10 features")
     e.add_argument("--repeats", type=int, default=2)
+    e.add_argument("--fraction", type=float, default=0.1, help="data.train_fraction (sizes the extraction)")
     args = parser.parse_args()
     {"throughput": throughput, "epoch": epoch}[args.which](args)
 

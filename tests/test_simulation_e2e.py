@@ -34,7 +34,7 @@ def test_run_writes_every_output(uninterrupted):
     for record in rounds:
         assert record["clients"] == 3 and record["failed_clients"] == 0
         assert record["bytes_down_per_client"] == record["bytes_up_per_client"] > 40_000  # a 44k-parameter CNN
-        assert sum(c["num_examples"] for c in record["client_metrics"]) == 6000  # 10 % of 60,000
+        assert sum(c["num_examples"] for c in record["client_metrics"]) == 5000  # 10 % of the 50,000 left after the 10,000-sample server split
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["rounds"] == 3 and summary["complete"] is True
     assert summary["final_accuracy"] == rounds[-1]["test_accuracy"]
