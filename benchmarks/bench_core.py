@@ -31,10 +31,11 @@ RESULTS = Path(__file__).parent / "results" / "core.jsonl"
 CIFAR_OVERHEAD = ["partition.num_clients=10", "partition.alpha=0.5", "train.local_epochs=1", "engine.parallel_clients=2"]
 
 
-def record(name: str, values: dict) -> None:
-    RESULTS.parent.mkdir(exist_ok=True)
+def record(name: str, values: dict, results: Path = RESULTS) -> None:
+    """Append a timestamped JSON record to ``results`` and print it."""
+    results.parent.mkdir(exist_ok=True)
     entry = {"benchmark": name, "time": time.strftime("%Y-%m-%d %H:%M:%S"), **values}
-    with open(RESULTS, "a") as handle:
+    with open(results, "a") as handle:
         handle.write(json.dumps(entry) + "\n")
     print(json.dumps(entry, indent=2))
 

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import tempfile
 import time
 from pathlib import Path
 
+import bench_core  # benchmarks/ is on sys.path when run as a script
 import numpy as np
 import torch
 
@@ -32,11 +32,7 @@ RESULTS = Path(__file__).parent / "results" / "teacher.jsonl"
 
 
 def record(name: str, values: dict) -> None:
-    RESULTS.parent.mkdir(exist_ok=True)
-    entry = {"benchmark": name, "time": time.strftime("%Y-%m-%d %H:%M:%S"), **values}
-    with open(RESULTS, "a") as handle:
-        handle.write(json.dumps(entry) + "\n")
-    print(json.dumps(entry, indent=2))
+    bench_core.record(name, values, RESULTS)
 
 
 def rate(teacher, images: torch.Tensor, prompts: list[str]) -> float:
@@ -86,7 +82,7 @@ def epoch(args: argparse.Namespace) -> None:
     torch.set_num_threads(1)  # one client per core, as in simulation
     overrides = [
         "data.server_holdout=10000", f"teacher.path={args.teacher}", "partition.num_clients=10",
-        "partition.alpha=0.5", f"data.train_fraction={args.fraction}", "algorithm.feddifrc.layer_dims=[128,128,64]",
+        "partition.scheme=iid", f"data.train_fraction={args.fraction}", "algorithm.feddifrc.layer_dims=[128,128,64]",
         "algorithm.name=feddifrc", f"teacher.cache_dir={args.cache}",
     ]
     difrc = Experiment(load_config("cifar10_cnn", overrides))
@@ -125,8 +121,8 @@ def main() -> None:
     e = sub.add_parser("epoch")
     e.add_argument("--teacher", required=True, help="an offline teacher folder")
     e.add_argument("--cache", required=True, help="feature store root holding the CIFAR-10 features")
-    e.add_argument("--repeats", type=int, default=2)
-    e.add_argument("--fraction", type=float, default=0.1, help="data.train_fraction (sizes the extraction)")
+    e.add_argument("--repeats", type=int, default=3)
+    e.add_argument("--fraction", type=float, default=0.25, help="data.train_fraction (sizes the extraction)")
     args = parser.parse_args()
     {"throughput": throughput, "epoch": epoch}[args.which](args)
 

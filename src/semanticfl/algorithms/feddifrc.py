@@ -53,8 +53,12 @@ from torch import Tensor, nn
 
 from semanticfl.algorithms.base import AlgorithmSetup, Batch
 from semanticfl.algorithms.contrastive import candidate_info_nce
-from semanticfl.algorithms.teacher_guided import TeacherGuided, is_layer_name, up_block_layers
-from semanticfl.errors import UserError
+from semanticfl.algorithms.teacher_guided import (
+    TeacherGuided,
+    require_all,
+    teacher_param_checks,
+    up_block_layers,
+)
 from semanticfl.teachers.base import DEFAULT_TEMPLATE, NULL_PROMPT, FeatureRequest, class_prompts
 
 TDCL = "feddifrc.tdcl"
@@ -160,32 +164,13 @@ class FedDifRC(TeacherGuided):
 
 
 def _validate(p: FedDifRCParams, setup: AlgorithmSetup) -> None:
-    where = "algorithm.feddifrc"
     max_negatives = setup.num_classes if p.self_supervised else setup.num_classes - 1
     checks = [
         (p.lambda_tdcl >= 0 and p.lambda_ndcr >= 0, "lambda_tdcl and lambda_ndcr must be >= 0"),
         (p.temperature > 0, f"temperature must be > 0, got {p.temperature}"),
-        (0 <= p.timestep < 1000, f"timestep must be in [0, 1000), got {p.timestep}"),
-        (
-            len(p.layers) == len(p.layer_dims) > 0,
-            "layers and layer_dims must be non-empty and of equal length",
-        ),
-        (all(d >= 1 for d in p.layer_dims), f"layer_dims must be >= 1, got {list(p.layer_dims)}"),
-        (
-            p.reduction in ("spatial_norm", "gap"),
-            f"reduction must be 'spatial_norm' or 'gap', got {p.reduction!r}",
-        ),
         (
             0 <= p.num_negatives <= max_negatives,
             f"num_negatives must be in [0, {max_negatives}], got {p.num_negatives}",
         ),
-        (
-            all(is_layer_name(name) for name in p.layers),
-            f"layers must be 'latent' or 'up<i>' (negative i counts from the last up-block), got {list(p.layers)}",
-        ),
-        (p.projection in ("auto", "linear"), f"projection must be 'auto' or 'linear', got {p.projection!r}"),
-        ("{}" in p.template, f"template must contain '{{}}' for the class name, got {p.template!r}"),
     ]
-    for ok, message in checks:
-        if not ok:
-            raise UserError(f"{where}: {message}")
+    require_all(checks + teacher_param_checks(p), FedDifRC.name)

@@ -51,7 +51,12 @@ from torch import Tensor, nn
 
 from semanticfl.algorithms.base import AlgorithmSetup, Arrays, Batch, ClientTask, LocalData, LocalSettings
 from semanticfl.algorithms.contrastive import candidate_info_nce
-from semanticfl.algorithms.teacher_guided import TeacherGuided, is_layer_name, up_block_layers
+from semanticfl.algorithms.teacher_guided import (
+    TeacherGuided,
+    require_all,
+    teacher_param_checks,
+    up_block_layers,
+)
 from semanticfl.errors import UserError
 from semanticfl.teachers.base import (
     DEFAULT_TEMPLATE,
@@ -199,29 +204,11 @@ class _Context:
 def _validate(p: SemanticFLParams) -> None:
     checks = [
         (p.mode in MODES, f"mode must be one of {', '.join(MODES)}, got {p.mode!r}"),
-        (0 <= p.timestep < 1000, f"timestep must be in [0, 1000), got {p.timestep}"),
-        (
-            len(p.layers) == len(p.layer_dims) > 0,
-            "layers and layer_dims must be non-empty and of equal length",
-        ),
-        (
-            all(is_layer_name(n) for n in p.layers),
-            f"layers must be 'latent' or 'up<i>', got {list(p.layers)}",
-        ),
-        (all(d >= 1 for d in p.layer_dims), f"layer_dims must be >= 1, got {list(p.layer_dims)}"),
-        (
-            p.reduction in ("gap", "spatial_norm"),
-            f"reduction must be 'gap' or 'spatial_norm', got {p.reduction!r}",
-        ),
         (p.lambda_kd >= 0 and p.lambda_con >= 0, "lambda_kd and lambda_con must be >= 0"),
         (p.consistency in ("kl", "l2"), f"consistency must be 'kl' or 'l2', got {p.consistency!r}"),
         (p.kd_temperature > 0 and p.temperature > 0, "kd_temperature and temperature must be > 0"),
         (p.warmup_rounds >= 0, f"warmup_rounds must be >= 0, got {p.warmup_rounds}"),
         (p.anchor_public_per_class >= 0, "anchor_public_per_class must be >= 0"),
-        (p.projection in ("auto", "linear"), f"projection must be 'auto' or 'linear', got {p.projection!r}"),
         (p.text_dim >= 1, f"text_dim must be >= 1, got {p.text_dim}"),
-        ("{}" in p.template, f"template must contain '{{}}' for the class name, got {p.template!r}"),
     ]
-    for ok, message in checks:
-        if not ok:
-            raise UserError(f"algorithm.semanticfl: {message}")
+    require_all(checks + teacher_param_checks(p), SemanticFL.name)

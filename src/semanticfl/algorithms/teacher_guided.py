@@ -14,6 +14,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from semanticfl.algorithms.base import Algorithm, AlgorithmSetup
+from semanticfl.errors import UserError
 from semanticfl.teachers.base import FeatureRequest
 
 PROJECTION = "teacher_projection"
@@ -64,3 +65,35 @@ class TeacherGuided(Algorithm):
     def project(model: nn.Module, features: Tensor) -> Tensor:
         """Client features in the teacher's space."""
         return getattr(model, PROJECTION)(features)
+
+
+Check = tuple[bool, str]
+
+
+def teacher_param_checks(p: Any) -> list[Check]:
+    """Checks of the settings every teacher-guided algorithm has (timestep, layers, dims, ...)."""
+    return [
+        (0 <= p.timestep < 1000, f"timestep must be in [0, 1000), got {p.timestep}"),
+        (
+            len(p.layers) == len(p.layer_dims) > 0,
+            "layers and layer_dims must be non-empty and of equal length",
+        ),
+        (all(d >= 1 for d in p.layer_dims), f"layer_dims must be >= 1, got {list(p.layer_dims)}"),
+        (
+            all(is_layer_name(name) for name in p.layers),
+            f"layers must be 'latent' or 'up<i>' (negative i counts from the last up-block), got {list(p.layers)}",
+        ),
+        (
+            p.reduction in ("spatial_norm", "gap"),
+            f"reduction must be 'spatial_norm' or 'gap', got {p.reduction!r}",
+        ),
+        (p.projection in ("auto", "linear"), f"projection must be 'auto' or 'linear', got {p.projection!r}"),
+        ("{}" in p.template, f"template must contain '{{}}' for the class name, got {p.template!r}"),
+    ]
+
+
+def require_all(checks: list[Check], algorithm: str) -> None:
+    """The first failed check as a one-line UserError prefixed with ``algorithm.<name>``."""
+    for ok, message in checks:
+        if not ok:
+            raise UserError(f"algorithm.{algorithm}: {message}")
