@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import string
 from pathlib import Path
 
 import pytest
@@ -12,6 +10,7 @@ import torch.nn.functional as F
 
 from semanticfl.errors import UserError
 from semanticfl.teachers import text
+from semanticfl.teachers.sd import build_tiny_stable_diffusion
 from semanticfl.teachers.text import CLIPPromptEncoder, MiniLMPromptEncoder
 
 
@@ -65,40 +64,13 @@ def test_minilm_missing_folder_is_user_error(tmp_path: Path) -> None:
         MiniLMPromptEncoder.load(tmp_path)
 
 
-def _tiny_clip_folder(root: Path) -> Path:
-    """A diffusers-style folder with a letter-level CLIP tokenizer and a random 2-layer CLIP text model."""
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
-
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    for letter in string.ascii_lowercase:
-        vocab[letter] = len(vocab)
-        vocab[f"{letter}</w>"] = len(vocab)
-    (root / "vocab.json").write_text(json.dumps(vocab))
-    (root / "merges.txt").write_text("#version: 0.2\n")
-    CLIPTokenizer(str(root / "vocab.json"), str(root / "merges.txt"), model_max_length=16).save_pretrained(
-        root / "sd" / "tokenizer"
-    )
-    config = CLIPTextConfig(
-        vocab_size=len(vocab),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        max_position_embeddings=16,
-        bos_token_id=0,
-        eos_token_id=1,
-        pad_token_id=1,
-    )
-    torch.manual_seed(0)
-    CLIPTextModel(config).save_pretrained(root / "sd" / "text_encoder")
-    return root / "sd"
-
-
 def test_clip_pads_to_max_length_with_full_mask(tmp_path: Path) -> None:
-    encoder = CLIPPromptEncoder.from_directory(_tiny_clip_folder(tmp_path))
+    encoder = CLIPPromptEncoder.from_directory(build_tiny_stable_diffusion(tmp_path / "sd"))
+    length = encoder.tokenizer.model_max_length  # SD's 77: prompts are padded to it
     states, mask = encoder.tokens(["a cat", "a photo of a truck"])
     assert encoder.dim == 32
-    assert states.shape == (2, 16, 32) and mask.shape == (2, 16) and bool(mask.all())
+    assert length == 77
+    assert states.shape == (2, length, 32) and mask.shape == (2, length) and bool(mask.all())
     sentences = encoder.sentence(["a cat", "a photo of a truck"])
     assert sentences.shape == (2, 32)
     assert torch.allclose(sentences.norm(dim=1), torch.ones(2))

@@ -290,14 +290,15 @@ class TeacherTargets:
             progress=self.progress,
         )
 
+    @cached_property
     def pool_entries(self) -> dict[str, CachedFeatures]:
-        """Every request's entry over the whole client pool (what preflight and ``features`` build)."""
+        """Every request's entry over the whole client pool, opened (or built) once per process."""
         pool = self.experiment.client_pool
         return {request.name: self.entry(request, pool) for request in self.requests}
 
     def reader(self, indices: np.ndarray) -> Callable[[np.ndarray], dict[str, torch.Tensor]]:
         """Local rows of a client holding ``indices`` → its per-sample targets, read from the pool entries."""
-        entries = self.pool_entries()
+        entries = self.pool_entries
         positions = np.searchsorted(self.experiment.client_pool, indices)
 
         def read(rows: np.ndarray) -> dict[str, torch.Tensor]:
