@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -35,6 +38,30 @@ def semanticfl(*args: str, cwd: Path, timeout: float = 600, env: dict | None = N
         timeout=timeout,
         env={**os.environ, **(env or {})},
     )
+
+
+def start_semanticfl(*args: str, cwd: Path, log: Path, env: dict | None = None) -> subprocess.Popen:
+    """Start ``semanticfl ARGS`` in its own session (so a SIGKILL reaches its children too);
+    stdout and stderr go to ``log``."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "semanticfl.cli.main", *args],
+        cwd=cwd,
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def wait_for_run_dir(folder: Path, proc: subprocess.Popen, timeout: float = 300) -> Path:
+    """The one run directory a started run creates in ``folder``."""
+    deadline = time.monotonic() + timeout
+    while not run_dirs(folder):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise AssertionError(f"no run directory in {folder} (exit code {proc.poll()})")
+        time.sleep(0.2)
+    (run_dir,) = run_dirs(folder)
+    return run_dir
 
 
 def run_dirs(folder: Path) -> list[Path]:
@@ -78,3 +105,74 @@ def softmax_ce_gradient(weight, bias, x, y):
     p /= p.sum(axis=1, keepdims=True)
     residual = p - np.eye(weight.shape[0])[y]
     return residual.T @ x / len(y), residual.mean(axis=0)
+
+
+# --------------------------------------------------------------------------- Flower processes
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_port(port: int, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.2)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port}")
+
+
+class Processes:
+    """Long-running Flower processes, each in its own session so children go too."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.procs: dict[str, subprocess.Popen] = {}
+
+    def start(self, name: str, *command: str) -> subprocess.Popen:
+        home = self.folder / f"{name}-home"
+        home.mkdir()
+        log = open(self.folder / f"{name}.log", "w")
+        proc = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            env={**os.environ, "FLWR_HOME": str(home)},
+        )
+        self.procs[name] = proc
+        return proc
+
+    def stop(self, name: str, timeout: float = 30) -> int | None:
+        """SIGTERM and wait; returns the exit code, or None if it had to be killed."""
+        proc = self.procs[name]
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+                return None
+        return proc.returncode
+
+    def kill(self, name: str) -> None:
+        """SIGKILL the process and its children at once (a crash, not a shutdown)."""
+        proc = self.procs[name]
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+    def log(self, name: str) -> str:
+        return (self.folder / f"{name}.log").read_text()[-3000:]
+
+
+def wait_for_file(path: Path, proc: subprocess.Popen, timeout: float = 300) -> None:
+    """Wait until ``path`` exists; fail early if ``proc`` exits first."""
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if proc.poll() is not None:
+            raise AssertionError(f"process exited with {proc.returncode} before {path} appeared")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{path} did not appear within {timeout} s")
+        time.sleep(0.1)

@@ -3,72 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
-import socket
-import subprocess
-import time
-from pathlib import Path
 
 import pytest
-from helpers import SMALL_RUN, read_rounds, run_dirs, semanticfl, without_timings
+from helpers import SMALL_RUN, Processes, free_port, read_rounds, run_dirs, semanticfl, wait_for_port, without_timings
 
 # SCAFFOLD: client state (c_i) must live in each SuperNode's Context across rounds.
 DEPLOYED = [*SMALL_RUN, "partition.num_clients=2", "train.rounds=2", "algorithm.name=scaffold"]
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("fashion_mnist_available")]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_for_port(port: int, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.2)
-    raise TimeoutError(f"nothing listens on 127.0.0.1:{port}")
-
-
-class Processes:
-    """Long-running Flower processes, each in its own session so children go too."""
-
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-        self.procs: dict[str, subprocess.Popen] = {}
-
-    def start(self, name: str, *command: str) -> subprocess.Popen:
-        home = self.folder / f"{name}-home"
-        home.mkdir()
-        log = open(self.folder / f"{name}.log", "w")
-        proc = subprocess.Popen(
-            command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-            env={**os.environ, "FLWR_HOME": str(home)},
-        )
-        self.procs[name] = proc
-        return proc
-
-    def stop(self, name: str, timeout: float = 30) -> int | None:
-        """SIGTERM and wait; returns the exit code, or None if it had to be killed."""
-        proc = self.procs[name]
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-                return None
-        return proc.returncode
-
-    def log(self, name: str) -> str:
-        return (self.folder / f"{name}.log").read_text()[-3000:]
 
 
 @pytest.mark.skipif(shutil.which("flower-superlink") is None, reason="Flower's executables are not on PATH")

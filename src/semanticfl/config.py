@@ -117,6 +117,22 @@ class EngineConfig:
 
 
 @dataclass
+class FaultsConfig:
+    """Fault injection for reliability tests: listed clients misbehave on purpose (default: none).
+
+    A client listed here (by partition id) raises, sleeps ``hang_s`` before replying, or returns
+    NaN/Inf arrays in its train reply, in ``rounds`` (empty = every round). The server must
+    exclude it, log it and carry on while ``train.min_clients`` answered (docs/RELIABILITY.md).
+    """
+
+    raise_clients: tuple[int, ...] = ()
+    nan_clients: tuple[int, ...] = ()
+    hang_clients: tuple[int, ...] = ()
+    hang_s: float = 60.0
+    rounds: tuple[int, ...] = ()
+
+
+@dataclass
 class TeacherConfig:
     """The frozen semantic teacher of teacher-guided algorithms (FedDifRC, SemanticFL).
 
@@ -161,6 +177,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
+    faults: FaultsConfig = field(default_factory=FaultsConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
 
@@ -317,6 +334,7 @@ def validate(config: Config) -> None:
     )
     _require(bool(config.experiment.name.strip()), "experiment.name must not be empty")
     _validate_teacher(config.teacher)
+    _validate_faults(config.faults, p.num_clients)
 
 
 def _validate_teacher(teacher: TeacherConfig) -> None:
@@ -331,6 +349,18 @@ def _validate_teacher(teacher: TeacherConfig) -> None:
     _require(teacher.noise_draws >= 1, f"teacher.noise_draws must be >= 1, got {teacher.noise_draws}")
     _require(teacher.batch_size >= 1, f"teacher.batch_size must be >= 1, got {teacher.batch_size}")
     _require(teacher.fit_samples >= 2, f"teacher.fit_samples must be >= 2, got {teacher.fit_samples}")
+
+
+def _validate_faults(faults: FaultsConfig, num_clients: int) -> None:
+    for key in ("raise_clients", "nan_clients", "hang_clients"):
+        for client in getattr(faults, key):
+            _require(
+                0 <= client < num_clients,
+                f"faults.{key}: client {client} is not a partition id in [0, {num_clients})",
+            )
+    _require(faults.hang_s > 0, f"faults.hang_s must be > 0, got {faults.hang_s}")
+    bad_rounds = [r for r in faults.rounds if r < 1]
+    _require(not bad_rounds, f"faults.rounds are round numbers >= 1, got {bad_rounds}")
 
 
 # --------------------------------------------------------------------------- files and overrides

@@ -13,11 +13,13 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from semanticfl.algorithms.base import Arrays, ClientTask, load_arrays
+from semanticfl.algorithms.base import Arrays, ClientTask, ClientUpdate, load_arrays
+from semanticfl.config import FaultsConfig
 from semanticfl.engine import records
 from semanticfl.engine.client_state import ClientStateStore
 from semanticfl.engine.experiment import Experiment, derive_seed, experiment_for
@@ -62,24 +64,22 @@ def train(message: Message, context: Context) -> Message:
     experiment = _experiment(message)
     partition_id = partition_id_of(context)
     round_number = int(message.content[records.CONFIG]["round"])
+    fault = injected_fault(experiment.config.faults, partition_id, round_number)
+    if fault == "raise":
+        raise RuntimeError(f"injected fault: client {partition_id} raises in round {round_number}")
+    if fault == "hang":
+        time.sleep(experiment.config.faults.hang_s)
 
-    model = experiment.build_model()
-    load_arrays(model, records.from_record(message.content[records.MODEL]))
     store = state_store(message, context, experiment)
     task = ClientTask(
         round=round_number,
         payload=records.from_record(message.content[records.PAYLOAD]),
         state=load_state(context, store, partition_id, round_number),
     )
-    torch.manual_seed(derive_seed(experiment.config.experiment.seed, round_number, partition_id, 1))
-    update = experiment.algorithm.local_train(
-        model,
-        experiment.client_data(partition_id),
-        task,
-        experiment.local_settings(),
-        experiment.client_generator(round_number, partition_id),
-    )
+    update = local_update(experiment, partition_id, records.from_record(message.content[records.MODEL]), task)
     save_state(context, store, partition_id, round_number, task.state)
+    if fault == "nan":
+        poison(update.arrays)
 
     metrics = {
         **update.metrics,
@@ -95,6 +95,44 @@ def train(message: Message, context: Context) -> Message:
         }
     )
     return Message(content, reply_to=message)
+
+
+def local_update(experiment: Experiment, partition_id: int, global_arrays: Arrays, task: ClientTask) -> ClientUpdate:
+    """One client's local training from ``global_arrays``; every random draw is seeded by
+    (seed, round, client), so the same inputs give the same update in any process."""
+    model = experiment.build_model()
+    load_arrays(model, global_arrays)
+    torch.manual_seed(derive_seed(experiment.config.experiment.seed, task.round, partition_id, 1))
+    return experiment.algorithm.local_train(
+        model,
+        experiment.client_data(partition_id),
+        task,
+        experiment.local_settings(),
+        experiment.client_generator(task.round, partition_id),
+    )
+
+
+def injected_fault(faults: FaultsConfig, partition_id: int, round_number: int) -> str | None:
+    """What ``[faults]`` makes this client do this round: ``raise``, ``hang``, ``nan`` or nothing."""
+    if faults.rounds and round_number not in faults.rounds:
+        return None
+    for fault, clients in (
+        ("raise", faults.raise_clients),
+        ("hang", faults.hang_clients),
+        ("nan", faults.nan_clients),
+    ):
+        if partition_id in clients:
+            return fault
+    return None
+
+
+def poison(arrays: Arrays) -> None:
+    """Overwrite the first floating-point array with NaN and +Inf (an injected divergence)."""
+    name = next(k for k, v in arrays.items() if np.issubdtype(v.dtype, np.floating))
+    poisoned = np.array(arrays[name], copy=True)
+    poisoned.flat[0] = np.nan
+    poisoned.flat[-1] = np.inf
+    arrays[name] = poisoned
 
 
 def state_store(message: Message, context: Context, experiment: Experiment) -> ClientStateStore | None:

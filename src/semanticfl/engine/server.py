@@ -13,6 +13,7 @@ import contextlib
 import logging
 import math
 import os
+import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -36,6 +37,9 @@ from semanticfl.models import state_to_numpy
 log = logging.getLogger("semanticfl")
 
 _SAMPLING_STREAM = 104729  # separates the sampling RNG from other per-round streams
+DISCOVERY_TIMEOUT_S = 120.0
+"""The least time nodes get to connect and answer the first query: a cold node starts its
+workers and decodes its data first, which a short ``train.client_timeout_s`` must not cut off."""
 
 
 @dataclass
@@ -150,7 +154,8 @@ class FederatedServer:
     def discover_nodes(self, grid: Grid) -> dict[int, int]:
         """Ask every connected node for its partition id; returns partition id → node id."""
         wanted = self.config.partition.num_clients
-        deadline = time.monotonic() + self.config.train.client_timeout_s
+        timeout = max(self.config.train.client_timeout_s, DISCOVERY_TIMEOUT_S)
+        deadline = time.monotonic() + timeout
         node_ids = list(grid.get_node_ids())
         while len(node_ids) < wanted and time.monotonic() < deadline:
             time.sleep(0.5)
@@ -160,7 +165,7 @@ class FederatedServer:
             for node in node_ids
         ]
         nodes: dict[int, int] = {}
-        for reply in grid.send_and_receive(messages, timeout=self.config.train.client_timeout_s):
+        for reply in grid.send_and_receive(messages, timeout=timeout):
             if reply.has_error():
                 log.warning("node %s failed to identify: %s", reply.metadata.src_node_id, reply.error.reason)
                 continue
@@ -220,7 +225,7 @@ class FederatedServer:
     @staticmethod
     def _accept_reply(reply: Message, partition_id: int, outcome: RoundOutcome) -> None:
         if reply.has_error():
-            outcome.failures[partition_id] = f"raised: {reply.error.reason}"
+            outcome.failures[partition_id] = f"raised: {error_summary(reply.error.reason)}"
             return
         arrays = records.from_record(reply.content[records.MODEL])
         extra = records.from_record(reply.content[records.EXTRA])
@@ -328,6 +333,19 @@ class FederatedServer:
             f"{self.config.experiment.name}: {self.config.data.dataset}",
         )
         return summary
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def error_summary(reason: str, limit: int = 200) -> str:
+    """One line of a client's error report: Flower's "Message: ..." part (the exception's own
+    text) or the last line of the traceback, without terminal colours, at most ``limit`` chars."""
+    text = _ANSI.sub("", reason)
+    lines = [line.strip(" '>") for line in text.splitlines() if line.strip(" '>")]
+    messages = [line.split("Message:", 1)[1].strip() for line in lines if "Message:" in line]
+    summary = (messages or lines or ["unknown error"])[-1]
+    return summary if len(summary) <= limit else summary[: limit - 1] + "…"
 
 
 @contextlib.contextmanager
