@@ -10,6 +10,7 @@ from typing import Any
 
 from semanticfl.algorithms.base import Algorithm, AlgorithmSetup, params_from_dict
 from semanticfl.algorithms.fedavg import FedAvg
+from semanticfl.algorithms.fedafd import FedAFD
 from semanticfl.algorithms.fedcda import FedCDA
 from semanticfl.algorithms.feddifrc import FedDifRC
 from semanticfl.algorithms.feddisco import FedDisco
@@ -36,6 +37,7 @@ ALGORITHMS: dict[str, type[Algorithm]] = {
     FedCDA.name: FedCDA,
     FedDifRC.name: FedDifRC,
     SemanticFL.name: SemanticFL,
+    FedAFD.name: FedAFD,
 }
 
 

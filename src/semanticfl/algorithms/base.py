@@ -20,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import numpy as np
 import torch
@@ -29,6 +29,9 @@ from torch import nn
 
 from semanticfl.models import load_numpy_state, state_to_numpy
 from semanticfl.teachers.base import AnchorRequest, FeatureRequest
+
+if TYPE_CHECKING:
+    from semanticfl.data.datasets import ImageDataset
 
 Arrays = dict[str, np.ndarray]
 """Named arrays: a model state, a control variate, features... whatever crosses the wire."""
@@ -138,6 +141,21 @@ class NoParams:
     """Hyperparameters of an algorithm that has none."""
 
 
+class ExperimentView(Protocol):
+    """What :meth:`Algorithm.bind` may read of the engine's experiment (built from the config)."""
+
+    config: Any
+    dataset: ImageDataset
+    partitions: list[np.ndarray]
+    """Per client, indices into the training split."""
+    holdout_indices: np.ndarray
+    """The server's public split: training indices no client holds."""
+
+    def train_transform(self) -> Callable[[torch.Tensor, torch.Generator | None], torch.Tensor]: ...
+
+    def eval_transform(self) -> Callable[[torch.Tensor, torch.Generator | None], torch.Tensor]: ...
+
+
 class Algorithm:
     """The shared FedAvg skeleton: local SGD on cross-entropy, example-weighted averaging.
 
@@ -243,6 +261,36 @@ class Algorithm:
 
     def end_local(self, model: nn.Module, context: Any, task: ClientTask, steps: int) -> Arrays:
         """Arrays to upload besides the model; may update ``task.state``."""
+        return {}
+
+    # ------------------------------------------------------------------ model-heterogeneous algorithms
+    # Defaults keep the engine's one-model-for-all path; FedAFD overrides them (docs/ARCHITECTURE.md).
+
+    def bind(self, experiment: ExperimentView) -> None:
+        """Called once by the engine, on server and clients, with the experiment's data and config."""
+
+    def global_model(self) -> nn.Module | None:
+        """The server's model when it is not the clients' architecture; ``None`` = ``model.name``.
+
+        Whatever it returns is the global state the engine sends, aggregates and checkpoints.
+        """
+        return None
+
+    def client_data(self, partition_id: int) -> Any | None:
+        """Client ``partition_id``'s data in the algorithm's own form (handed to :meth:`local_train`);
+        ``None`` = the engine's :class:`LocalData` of the client's partition."""
+        return None
+
+    def central_evaluation(self, model: nn.Module) -> dict[str, Any] | None:
+        """The round's central metrics of the global ``model``; ``None`` = top-1 on the test set."""
+        return None
+
+    def round_metrics(self, updates: Sequence[ClientUpdate]) -> dict[str, Any]:
+        """Extra fields of the round record computed from the clients' replies."""
+        return {}
+
+    def summary(self, rounds: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        """Extra fields of ``summary.json`` computed from all round records."""
         return {}
 
     # ------------------------------------------------------------------ server half

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 from functools import cached_property
+from typing import Any
 
 import numpy as np
 import torch
@@ -92,9 +93,12 @@ class Experiment:
     def eval_transform(self) -> BatchTransform:
         return BatchTransform(self.dataset.spec, train=False)
 
-    def client_data(self, partition_id: int) -> LocalData:
-        """Client ``partition_id``'s training data as in-memory tensors."""
+    def client_data(self, partition_id: int) -> LocalData | Any:
+        """Client ``partition_id``'s training data as in-memory tensors (or the algorithm's own form)."""
         self.check_partition_id(partition_id)
+        own = self.algorithm.client_data(partition_id)
+        if own is not None:
+            return own
         index = self.partitions[partition_id]
         return LocalData(
             images=images_to_tensor(self.dataset.train_images, index),
@@ -142,16 +146,18 @@ class Experiment:
             num_clients=c.partition.num_clients,
             seed=c.experiment.seed,
         )
-        return build_algorithm(c.algorithm.name, c.algorithm_params(), setup)
+        algorithm = build_algorithm(c.algorithm.name, c.algorithm_params(), setup)
+        algorithm.bind(self)
+        return algorithm
 
     def build_model(self) -> nn.Module:
         """The client architecture (plus algorithm-owned modules), seeded: identical everywhere."""
         ds = self.dataset
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.config.experiment.seed)
-            model = build_model(
-                self.config.model.name, ds.num_classes, ds.in_channels, ds.image_size
-            )
+            model = self.algorithm.global_model()
+            if model is None:
+                model = build_model(self.config.model.name, ds.num_classes, ds.in_channels, ds.image_size)
             model = self.algorithm.extend_model(model)
         return model.to(self.config.engine.device)
 

@@ -141,6 +141,7 @@ class FederatedServer:
         ordered = [outcome.updates[p] for p in sorted(outcome.updates)]
         self.global_arrays = self.algorithm.aggregate(self.global_arrays, ordered, round_number)
         record = self.round_record(round_number, selected, outcome)
+        record.update(self.algorithm.round_metrics(ordered))
         record.update(self.central_evaluation(round_number))
         if self.config.eval.federated:
             record.update(self.federated_evaluation(grid, nodes, round_number))
@@ -250,6 +251,10 @@ class FederatedServer:
         if not e.central or (round_number % e.every and round_number != self.config.train.rounds):
             return {"test_accuracy": None, "test_loss": None}
         load_arrays(self.eval_model, self.global_arrays)
+        with server_threads():
+            own = self.algorithm.central_evaluation(self.eval_model)
+        if own is not None:
+            return {"test_accuracy": None, "test_loss": None, **own}
         transform = self.experiment.eval_transform()
         device = self.config.engine.device
         with server_threads():
@@ -325,6 +330,7 @@ class FederatedServer:
             "run_dir": str(self.run_dir.path),
             "complete": len(self.rounds) == self.config.train.rounds,
             **summarize(self.rounds, self.config.eval.target_accuracy),
+            **self.algorithm.summary(self.rounds),
         }
         self.run_dir.write_summary(summary)
         plot_accuracy(

@@ -1,0 +1,298 @@
+"""Multimodal data: the offline class-level image-text benchmark, a word tokenizer, and loaders for
+the paper sets (CIFAR-100, AG_NEWS, Flickr30k, COCO captions) from user paths.
+
+**The class-level image-text benchmark** (what FedAFD runs on here, offline). Images come from an
+image dataset (CIFAR-10); text is real English from WordNet (:mod:`semanticfl.data.wordnet`): for
+each class, the sentences of its synset and its hyponyms. The pairing is *class-level*: an image
+is paired with a sentence about its class, not with a caption of that image. Each class's
+sentences are split (seeded) into disjoint public, client and test parts. Every training sample
+``i`` (a row of the image dataset) is assigned one sentence of its class by a seeded draw, so:
+
+* an image client holds the images of its partition;
+* a text client holds, for every sample of its partition, that sample's sentence (so its label
+  distribution is exactly its partition's, and the engine's ``partition.csv`` holds for all kinds);
+* an image-text client holds (image, sentence) pairs of its partition;
+* the server's public set is the server hold-out (``data.server_holdout`` images, never a
+  client's) paired with public sentences.
+
+Retrieval relevance is class-level too: a retrieved item is a hit when it has the query's class.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from semanticfl.data.datasets import ImageDataset, images_to_tensor, load_image_dataset
+from semanticfl.errors import UserError
+
+PAD, UNK = 0, 1
+_WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
+
+
+class WordTokenizer:
+    """Lower-cased word tokens → ids (0 = padding, 1 = unknown), the vocabulary ordered by
+    frequency then alphabetically, so the same sentences always give the same ids."""
+
+    def __init__(self, sentences: Sequence[str], max_length: int) -> None:
+        counts = Counter(word for sentence in sentences for word in _WORD.findall(sentence.lower()))
+        words = sorted(counts, key=lambda w: (-counts[w], w))
+        self.ids = {word: i + 2 for i, word in enumerate(words)}
+        self.max_length = max_length
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.ids) + 2
+
+    def encode(self, sentences: Sequence[str]) -> torch.Tensor:
+        """N×max_length int64 ids, truncated, right-padded with 0."""
+        out = torch.zeros(len(sentences), self.max_length, dtype=torch.int64)
+        for row, sentence in enumerate(sentences):
+            ids = [self.ids.get(w, UNK) for w in _WORD.findall(sentence.lower())][: self.max_length]
+            out[row, : len(ids)] = torch.tensor(ids, dtype=torch.int64)
+        return out
+
+
+@dataclass
+class ModalData:
+    """Samples of one client, the public set or a test set: images and/or token ids, and labels."""
+
+    labels: torch.Tensor
+    images: torch.Tensor | None = None
+    """uint8 N×C×H×W."""
+    tokens: torch.Tensor | None = None
+    """int64 N×L."""
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def rows(self, index: torch.Tensor) -> ModalData:
+        pick = lambda x: None if x is None else x[index]
+        return ModalData(self.labels[index], pick(self.images), pick(self.tokens))
+
+    def to(self, device: str | torch.device) -> ModalData:
+        move = lambda x: None if x is None else x.to(device)
+        return ModalData(self.labels.to(device), move(self.images), move(self.tokens))
+
+
+@dataclass(frozen=True)
+class ClassTextSplits:
+    """Per class, disjoint public / client / test sentences."""
+
+    public: list[list[str]]
+    client: list[list[str]]
+    test: list[list[str]]
+
+
+def split_class_text(
+    per_class: list[list[str]], public_fraction: float, test_fraction: float, cap: int, seed: int
+) -> ClassTextSplits:
+    """Shuffle each class's sentences (seeded), keep at most ``cap``, cut off public and test parts
+    (at least one sentence each, rounding down otherwise); the rest is the clients'."""
+    rng = np.random.default_rng(seed)
+    public, client, test = [], [], []
+    for label, sentences in enumerate(per_class):
+        if len(sentences) < 3:
+            raise UserError(f"class {label} has {len(sentences)} sentences; the text splits need at least 3")
+        kept = [sentences[i] for i in rng.permutation(len(sentences))[:cap]]
+        n_public = max(1, int(public_fraction * len(kept)))
+        n_test = max(1, int(test_fraction * len(kept)))
+        if n_public + n_test >= len(kept):
+            raise UserError(
+                f"class {label} keeps {len(kept)} sentences: too few for public and test fractions "
+                f"{public_fraction} and {test_fraction} to leave any for the clients"
+            )
+        public.append(kept[:n_public])
+        test.append(kept[n_public : n_public + n_test])
+        client.append(kept[n_public + n_test :])
+    return ClassTextSplits(public, client, test)
+
+
+def assign_sentences(indices: np.ndarray, labels: np.ndarray, pool: list[list[str]], draws: np.ndarray) -> list[str]:
+    """Sample ``indices[i]`` (label ``labels[i]``) gets ``pool[label][draws[indices[i]] % len(pool[label])]``."""
+    return [pool[int(y)][int(draws[int(i)]) % len(pool[int(y)])] for i, y in zip(indices, labels)]
+
+
+@dataclass
+class ClassLevelBenchmark:
+    """Every client's, the public and the test data of the class-level image-text benchmark."""
+
+    tokenizer: WordTokenizer
+    public: ModalData
+    test_images: ModalData
+    test_text: ModalData
+    test_pairs: ModalData
+    clients: list[ModalData]
+
+
+def class_level_benchmark(
+    dataset: ImageDataset,
+    partitions: list[np.ndarray],
+    public_indices: np.ndarray,
+    kinds: Sequence[str],
+    text: ClassTextSplits,
+    seed: int,
+    max_tokens: int = 32,
+    test_size: int = 0,
+) -> ClassLevelBenchmark:
+    """Build the benchmark for clients of ``kinds`` ("image", "text", "pair") over ``partitions``
+    (indices into ``dataset``'s training split). ``test_size`` > 0 keeps a seeded random subset of
+    that many test images."""
+    if len(public_indices) == 0:
+        raise UserError("the image-text benchmark needs a public set: set data.server_holdout > 0")
+    all_sentences = [s for part in (text.public, text.client, text.test) for c in part for s in c]
+    tokenizer = WordTokenizer(all_sentences, max_tokens)
+    rng = np.random.default_rng(seed)
+    train_draws = rng.integers(0, 2**31, size=len(dataset.train_labels))
+    test_draws = rng.integers(0, 2**31, size=len(dataset.test_labels))
+
+    def samples(index: np.ndarray, kind: str, pool: list[list[str]], draws: np.ndarray, split: str) -> ModalData:
+        labels = np.asarray(dataset.train_labels if split == "train" else dataset.test_labels)[index]
+        images = dataset.train_images if split == "train" else dataset.test_images
+        return ModalData(
+            labels=torch.from_numpy(labels.astype(np.int64)),
+            images=images_to_tensor(images, index) if kind in ("image", "pair") else None,
+            tokens=tokenizer.encode(assign_sentences(index, labels, pool, draws)) if kind in ("text", "pair") else None,
+        )
+
+    clients = [samples(part, kind, text.client, train_draws, "train") for part, kind in zip(partitions, kinds)]
+    n_test = len(dataset.test_labels)
+    test_index = np.sort(rng.permutation(n_test)[: min(test_size or n_test, n_test)])
+    test_sentences = [(s, y) for y, part in enumerate(text.test) for s in part]
+    return ClassLevelBenchmark(
+        tokenizer=tokenizer,
+        public=samples(np.asarray(public_indices), "pair", text.public, train_draws, "train"),
+        test_images=samples(test_index, "image", text.test, test_draws, "test"),
+        test_text=ModalData(
+            labels=torch.tensor([y for _, y in test_sentences], dtype=torch.int64),
+            tokens=tokenizer.encode([s for s, _ in test_sentences]),
+        ),
+        test_pairs=samples(test_index, "pair", text.test, test_draws, "test"),
+        clients=clients,
+    )
+
+
+# --------------------------------------------------------------------------- the paper's sets, from user paths
+
+
+@dataclass
+class LabelledText:
+    """Sentences with class labels (AG_NEWS)."""
+
+    texts: list[str]
+    labels: np.ndarray
+    classes: tuple[str, ...]
+
+
+@dataclass
+class CaptionedImages:
+    """Images with one or more captions each (Flickr30k, COCO): ``caption_image[j]`` is the row
+    of ``images`` that caption ``j`` describes."""
+
+    images: np.ndarray
+    """uint8 N×3×S×S."""
+    captions: list[str]
+    caption_image: np.ndarray
+    names: list[str]
+
+
+AG_NEWS_CLASSES = ("World", "Sports", "Business", "Sci/Tech")
+
+
+def _require_file(path: Path, what: str, hint: str) -> Path:
+    if not path.is_file():
+        raise UserError(f"{what} not found: {path} ({hint})")
+    return path
+
+
+def load_cifar100(root: str | Path) -> ImageDataset:
+    """CIFAR-100 from the official python pickles (``cifar-100-python/{train,test,meta}`` under ``root``)."""
+    if not Path(root).expanduser().is_dir():
+        raise UserError(f"CIFAR-100 folder not found: {root} (give the folder holding cifar-100-python/)")
+    return load_image_dataset("cifar100", root=str(root))
+
+
+def load_ag_news(csv_path: str | Path) -> LabelledText:
+    """AG_NEWS ``train.csv``/``test.csv``: rows ``"class index (1-4)","title","description"``."""
+    path = _require_file(Path(csv_path).expanduser(), "AG_NEWS csv", "the file holds rows class,title,description")
+    texts, labels = [], []
+    with path.open(newline="", encoding="utf-8") as handle:
+        for line, row in enumerate(csv.reader(handle), start=1):
+            if len(row) != 3 or not row[0].strip().isdigit() or not 1 <= int(row[0]) <= 4:
+                raise UserError(f"{path}:{line}: expected class (1-4),title,description, got {row[:3]!r}")
+            labels.append(int(row[0]) - 1)
+            texts.append(f"{row[1].strip()}. {row[2].strip()}".replace("\\", " "))
+    return LabelledText(texts, np.asarray(labels, dtype=np.int64), AG_NEWS_CLASSES)
+
+
+def _decode(paths: list[Path], size: int) -> np.ndarray:
+    out = np.zeros((len(paths), 3, size, size), dtype=np.uint8)
+    for row, path in enumerate(paths):
+        _require_file(path, "image", "every captioned image must exist in the images folder")
+        with Image.open(path) as image:
+            out[row] = np.asarray(image.convert("RGB").resize((size, size), Image.BILINEAR)).transpose(2, 0, 1)
+    return out
+
+
+def _captioned(folder: Path, pairs: list[tuple[str, str]], size: int, limit: int) -> CaptionedImages:
+    names = list(dict.fromkeys(name for name, _ in pairs))[: limit or None]
+    row_of = {name: row for row, name in enumerate(names)}
+    kept = [(name, caption) for name, caption in pairs if name in row_of]
+    return CaptionedImages(
+        images=_decode([folder / name for name in names], size),
+        captions=[caption for _, caption in kept],
+        caption_image=np.asarray([row_of[name] for name, _ in kept], dtype=np.int64),
+        names=names,
+    )
+
+
+def load_flickr30k(images_dir: str | Path, captions_file: str | Path, size: int = 32, limit: int = 0) -> CaptionedImages:
+    """Flickr30k: an images folder and its captions file, either ``results_20130124.token`` lines
+    (``name.jpg#k<TAB>caption``) or a csv with header ``image,caption`` (or Kaggle's
+    ``image_name| comment_number| comment``). ``limit`` > 0 keeps the first images."""
+    folder = Path(images_dir).expanduser()
+    if not folder.is_dir():
+        raise UserError(f"Flickr30k images folder not found: {folder}")
+    path = _require_file(Path(captions_file).expanduser(), "Flickr30k captions file", "results_20130124.token or a csv")
+    pairs = []
+    lines = path.read_text(encoding="utf-8").splitlines()
+    if lines and "\t" in lines[0]:
+        for line in filter(None, lines):
+            key, _, caption = line.partition("\t")
+            pairs.append((key.split("#")[0], caption.strip()))
+    else:
+        delimiter = "|" if "|" in (lines[0] if lines else "") else ","
+        rows = csv.reader(lines, delimiter=delimiter)
+        header = [h.strip() for h in next(rows, [])]
+        if not header or header[0] not in ("image", "image_name") or header[-1] not in ("caption", "comment"):
+            raise UserError(f"{path}: expected a header image,caption or image_name| comment_number| comment")
+        pairs = [(row[0].strip(), row[-1].strip()) for row in rows if row]
+    if not pairs:
+        raise UserError(f"{path} holds no captions")
+    return _captioned(folder, pairs, size, limit)
+
+
+def load_coco_captions(images_dir: str | Path, annotations_json: str | Path, size: int = 32, limit: int = 0) -> CaptionedImages:
+    """COCO captions (``captions_train2017.json``: ``images`` with ``id``/``file_name``,
+    ``annotations`` with ``image_id``/``caption``); ``limit`` > 0 keeps the first images (a subset,
+    e.g. the paper's 10,000 public pairs)."""
+    folder = Path(images_dir).expanduser()
+    if not folder.is_dir():
+        raise UserError(f"COCO images folder not found: {folder}")
+    path = _require_file(Path(annotations_json).expanduser(), "COCO captions json", "e.g. captions_train2017.json")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        file_of = {image["id"]: image["file_name"] for image in data["images"]}
+        pairs = [(file_of[a["image_id"]], a["caption"].strip()) for a in data["annotations"]]
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise UserError(f"{path} is not a COCO captions file ({type(exc).__name__}: {exc})") from None
+    return _captioned(folder, pairs, size, limit)
