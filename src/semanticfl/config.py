@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import tomllib
 from dataclasses import dataclass, field
 from importlib import resources
@@ -197,6 +198,11 @@ class Config:
 
 
 _SECTION_TYPES = get_type_hints(Config)
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+MAX_PARALLEL = 1024
+"""Most torch threads per client, and most clients trained at once, that a run may ask for."""
+MAX_NAME_BYTES = 200
+"""Longest ``experiment.name``: file names stop at 255 bytes and runs append ``-compare-YYYYmmdd-HHMMSS-N``."""
 
 
 # --------------------------------------------------------------------------- building
@@ -211,22 +217,33 @@ def _check_value(value: Any, expected: Any, where: str) -> Any:
     if expected is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise UserError(f"{where} must be an integer, got {value!r}")
-        return value
+        return _check_int64(value, where)
     if expected is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise UserError(f"{where} must be a number, got {value!r}")
+        if isinstance(value, int):
+            return float(_check_int64(value, where))
         if not math.isfinite(value):
             raise UserError(f"{where} must be a finite number, got {value!r}")
-        return float(value)
+        return value
     if expected is str:
         if not isinstance(value, str):
             raise UserError(f"{where} must be a string, got {value!r}")
+        if "\0" in value:
+            raise UserError(f"{where} must not contain a NUL character, got {value!r}")
         return value
     if get_origin(expected) is tuple:
         if not isinstance(value, (list, tuple)):
             raise UserError(f"{where} must be a list, e.g. [1, 2, 3], got {value!r}")
         item_type = get_args(expected)[0]
         return tuple(_check_value(item, item_type, f"{where}[{i}]") for i, item in enumerate(value))
+    return value
+
+
+def _check_int64(value: int, where: str) -> int:
+    """TOML integers are 64-bit; a bigger one cannot be a setting (nor a torch or numpy seed)."""
+    if not INT64_MIN <= value <= INT64_MAX:
+        raise UserError(f"{where} must fit in 64 bits ({INT64_MIN} to {INT64_MAX}), got {value}")
     return value
 
 
@@ -240,7 +257,7 @@ def build_dataclass(cls: type, data: dict[str, Any], where: str) -> Any:
     for key, value in data.items():
         if key not in known:
             raise UserError(
-                f"unknown setting '{where}.{key}'; known settings in [{where}]: {', '.join(known)}"
+                f"unknown setting {where + '.' + key!r}; known settings in [{where}]: {', '.join(known)}"
             )
         values[key] = _check_value(value, hints[key], f"{where}.{key}")
     return cls(**values)
@@ -258,8 +275,8 @@ def _build_algorithm_section(data: dict[str, Any]) -> AlgorithmConfig:
             continue
         if not isinstance(value, dict):
             raise UserError(
-                f"unknown setting 'algorithm.{key}'; put hyperparameters in a table, "
-                f"e.g. algorithm.{name}.{key}={value!r}"
+                f"unknown setting {'algorithm.' + key!r}; put hyperparameters in a table, "
+                f"e.g. {f'algorithm.{name}.{key}={value!r}'!r}"
             )
         params[key] = dict(value)
     return AlgorithmConfig(name=name, params=params)
@@ -271,7 +288,7 @@ def config_from_dict(data: dict[str, Any]) -> Config:
     for section, values in data.items():
         if section not in _SECTION_TYPES:
             raise UserError(
-                f"unknown config section [{section}]; known sections: {', '.join(_SECTION_TYPES)}"
+                f"unknown config section {section!r}; known sections: {', '.join(_SECTION_TYPES)}"
             )
         if section == "algorithm":
             sections[section] = _build_algorithm_section(values)
@@ -320,21 +337,43 @@ def validate(config: Config) -> None:
         g.backend in ("simulation", "deployment"),
         f"engine.backend must be 'simulation' or 'deployment', got {g.backend!r}",
     )
-    _require(g.threads_per_client >= 1, f"engine.threads_per_client must be >= 1, got {g.threads_per_client}")
-    _require(g.parallel_clients >= 0, f"engine.parallel_clients must be >= 0, got {g.parallel_clients}")
+    _require(
+        1 <= g.threads_per_client <= MAX_PARALLEL,
+        f"engine.threads_per_client must be in [1, {MAX_PARALLEL}], got {g.threads_per_client}",
+    )
+    _require(
+        0 <= g.parallel_clients <= MAX_PARALLEL,
+        f"engine.parallel_clients must be in [0, {MAX_PARALLEL}] (0 = one per core), got {g.parallel_clients}",
+    )
     _require(g.keep_checkpoints >= 1, f"engine.keep_checkpoints must be >= 1, got {g.keep_checkpoints}")
     _require(
-        g.device == "cpu" or g.device.startswith("cuda"),
-        f"engine.device must be 'cpu' or 'cuda[:N]', got {g.device!r}",
+        re.fullmatch(r"cpu|cuda(:[0-9]+)?", g.device) is not None,
+        f"engine.device must be 'cpu', 'cuda' or 'cuda:N', got {g.device!r}",
     )
     _require(config.data.server_holdout >= 0, f"data.server_holdout must be >= 0, got {config.data.server_holdout}")
     _require(
         0 < config.data.train_fraction <= 1,
         f"data.train_fraction must be in (0, 1], got {config.data.train_fraction}",
     )
-    _require(bool(config.experiment.name.strip()), "experiment.name must not be empty")
+    _validate_name(config.experiment.name)
+    _require(config.experiment.seed >= 0, f"experiment.seed must be >= 0, got {config.experiment.seed}")
+    _require(config.data.holdout_seed >= 0, f"data.holdout_seed must be >= 0, got {config.data.holdout_seed}")
     _validate_teacher(config.teacher)
     _validate_faults(config.faults, p.num_clients)
+
+
+def _validate_name(name: str) -> None:
+    """``experiment.name`` starts the run directory's name, so it must be one short file name."""
+    _require(bool(name.strip()), "experiment.name must not be empty")
+    _require(
+        "/" not in name and "\\" not in name and name not in (".", ".."),
+        f"experiment.name becomes a folder name, so it cannot contain '/' or '\\' or be '.' or '..'; "
+        f"got {name!r}",
+    )
+    _require(
+        len(name.encode()) <= MAX_NAME_BYTES,
+        f"experiment.name is {len(name.encode())} bytes long; use at most {MAX_NAME_BYTES}",
+    )
 
 
 def _validate_teacher(teacher: TeacherConfig) -> None:
@@ -379,13 +418,26 @@ def read_toml(source: str) -> dict[str, Any]:
         text = (resources.files("semanticfl") / "configs" / f"{source}.toml").read_text()
         origin = f"shipped config '{source}'"
     elif path.is_file():
-        text = path.read_text()
+        text = read_config_text(path)
         origin = str(path)
     else:
         raise UserError(
             f"config '{source}' is neither a file nor a shipped config; "
             f"shipped configs: {', '.join(named_configs())}"
         )
+    return parse_toml(text, origin)
+
+
+def read_config_text(path: Path) -> str:
+    """The text of a config file; one that cannot be read or is not UTF-8 is a UserError."""
+    try:
+        return path.read_bytes().decode("utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "it is not UTF-8 text"
+        raise UserError(f"cannot read config {path}: {reason}; pass a TOML file") from None
+
+
+def parse_toml(text: str, origin: str) -> dict[str, Any]:
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -397,7 +449,7 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     key, sep, raw = item.partition("=")
     key = key.strip()
     if not sep or not key or any(not part for part in key.split(".")):
-        raise UserError(f"override '{item}' must look like section.key=value, e.g. train.rounds=5")
+        raise UserError(f"override {item!r} must look like section.key=value, e.g. train.rounds=5")
     try:
         value = tomllib.loads(f"v = {raw.strip()}")["v"]
     except tomllib.TOMLDecodeError:
@@ -411,12 +463,12 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     for item in overrides:
         path, value = parse_override(item)
         if len(path) < 2:
-            raise UserError(f"override '{item}' needs a section, e.g. train.{path[0]}=...")
+            raise UserError(f"override {item!r} needs a section, e.g. train.rounds=5")
         node = merged
         for part in path[:-1]:
             child = node.setdefault(part, {})
             if not isinstance(child, dict):
-                raise UserError(f"override '{item}': '{part}' is a value, not a section")
+                raise UserError(f"override {item!r}: {part!r} is a value, not a section")
             node = child
         node[path[-1]] = value
     return merged

@@ -47,7 +47,7 @@ def algorithm_names() -> list[str]:
 
 def get_algorithm_class(name: str) -> type[Algorithm]:
     if name not in ALGORITHMS:
-        raise UserError(f"unknown algorithm '{name}'; choose one of: {', '.join(algorithm_names())}")
+        raise UserError(f"unknown algorithm {name!r}; choose one of: {', '.join(algorithm_names())}")
     return ALGORITHMS[name]
 
 
@@ -55,3 +55,15 @@ def build_algorithm(name: str, params: dict[str, Any], setup: AlgorithmSetup) ->
     """Instantiate algorithm ``name`` with its ``[algorithm.<name>]`` hyperparameters."""
     cls = get_algorithm_class(name)
     return cls(params_from_dict(cls.Params, params, name), setup)
+
+
+def check_algorithm_tables(tables: dict[str, dict[str, Any]]) -> None:
+    """Every ``[algorithm.<name>]`` table must name an algorithm and hold valid hyperparameters for it,
+    whichever algorithm runs: a typo in another algorithm's table is an error, not silently ignored."""
+    for name, values in tables.items():
+        if name not in ALGORITHMS:
+            raise UserError(
+                f"unknown algorithm table {'algorithm.' + name!r}; tables are named after an algorithm: "
+                f"{', '.join(algorithm_names())}"
+            )
+        params_from_dict(ALGORITHMS[name].Params, values, name)

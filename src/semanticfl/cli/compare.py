@@ -11,9 +11,9 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from semanticfl.algorithms import get_algorithm_class
-from semanticfl.cli.runs import start_run
+from semanticfl.cli.runs import check_inputs, start_run
 from semanticfl.config import load_config
+from semanticfl.engine.experiment import Experiment
 from semanticfl.engine.outputs import RunDirectory, plot_accuracy
 from semanticfl.files import atomic_write_text
 
@@ -33,9 +33,9 @@ def compare(
     source: str | None, overrides: list[str], algorithms: list[str], connection: dict[str, str | None]
 ) -> Path:
     """Run each algorithm with the same config (data, partition, seed); write the comparison."""
-    for name in algorithms:
-        get_algorithm_class(name)
     base = load_config(source, overrides)
+    for name in algorithms:  # bad input stops here, before the comparison folder exists
+        check_inputs(Experiment(load_config(source, [*overrides, f"algorithm.name={name}"])))
     folder = RunDirectory.create(base.experiment.output_dir, f"{base.experiment.name}-compare")
     rows, histories = [], {}
     for name in algorithms:

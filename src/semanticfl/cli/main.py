@@ -166,6 +166,7 @@ def cmd_partition(args: argparse.Namespace) -> int:
 
     source, overrides = split_items(args.items)
     experiment = Experiment(load_config(source, overrides))
+    _ = experiment.partitions  # bad input stops here, before --out is created
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     print(write_partition_report(experiment, out))

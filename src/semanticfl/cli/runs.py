@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import sys
 import time
-import tomllib
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
-from semanticfl.config import config_from_dict, load_config
+from semanticfl.algorithms import check_algorithm_tables
+from semanticfl.config import config_from_dict, load_config, parse_toml, read_config_text
 from semanticfl.data.partition import (
     class_count_table,
     format_count_table,
@@ -20,6 +20,7 @@ from semanticfl.data.partition import (
 )
 from semanticfl.engine.experiment import Experiment
 from semanticfl.engine.outputs import RunDirectory
+from semanticfl.errors import UserError
 
 console = Console(stderr=True)
 
@@ -27,12 +28,34 @@ console = Console(stderr=True)
 def preflight(experiment: Experiment) -> None:
     """Fail on bad input (dataset, partition, model, algorithm, teacher) before writing anything;
     extract the algorithm's teacher features once, before any client starts."""
-    _ = experiment.partitions
-    experiment.build_model()
+    check_inputs(experiment)
     if experiment.algorithm.feature_requests():
         extract_features(experiment)
     if experiment.algorithm.anchor_requests():
         experiment.algorithm.receive_anchors(experiment.teacher_targets.anchors())
+
+
+def check_inputs(experiment: Experiment) -> None:
+    """What bad input can break before a run starts: algorithm tables, dataset, partition, device, model."""
+    check_algorithm_tables(experiment.config.algorithm.params)
+    _ = experiment.partitions
+    check_device(experiment.config.engine.device)
+    experiment.build_model()
+
+
+def check_device(device: str) -> None:
+    """``cuda``/``cuda:N`` must be a GPU this machine has (the config has checked the spelling)."""
+    if device == "cpu":
+        return
+    import torch
+
+    index = int(device.partition(":")[2] or 0)
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if index >= count:
+        raise UserError(
+            f"engine.device={device} but this machine has {count} usable CUDA device(s); "
+            f"use engine.device=cpu{' or cuda:0' if count else ''}"
+        )
 
 
 def extract_features(experiment: Experiment) -> list[str]:
@@ -93,8 +116,9 @@ def start_run(
 
 def resume_run(path: str, until_round: int, connection: dict[str, str | None]) -> dict[str, Any]:
     run_dir = RunDirectory.open_for_resume(path)
-    config_toml = run_dir.read_config()
-    experiment = Experiment(config_from_dict(tomllib.loads(config_toml)))
+    config_path = run_dir.file("config.toml")
+    config_toml = read_config_text(config_path)
+    experiment = Experiment(config_from_dict(parse_toml(config_toml, str(config_path))))
     preflight(experiment)
     console.print(f"resuming: {run_dir.path}")
     return launch(experiment, config_toml, run_dir, True, until_round, connection)

@@ -45,6 +45,7 @@ import time
 import urllib.error
 import urllib.request
 import zipfile
+import zlib
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -631,9 +632,23 @@ def _read_cifar_batch(path: Path, label_key: bytes) -> tuple[np.ndarray, np.ndar
     labels = batch.get(label_key) if isinstance(batch, dict) else None
     if not isinstance(data, np.ndarray) or data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or labels is None:
         raise UserError(f"{path} lacks N×3072 'data' and {label_key.decode()!r} entries; {hint}")
+    labels = _integer_labels(labels)
+    if labels is None:
+        raise UserError(f"{path}: {label_key.decode()!r} must be a list of integer labels; {hint}")
     if len(labels) != len(data):
         raise UserError(f"{path} has {len(data)} images but {len(labels)} labels; {hint}")
-    return data.astype(np.uint8).reshape(-1, 3, 32, 32), np.asarray(labels, dtype=np.int64)
+    return data.astype(np.uint8).reshape(-1, 3, 32, 32), labels
+
+
+def _integer_labels(labels: object) -> np.ndarray | None:
+    """``labels`` as a 1-D int64 array if it is a flat sequence of integers, else None."""
+    try:
+        array = np.asarray(labels)
+    except ValueError:  # a ragged nesting
+        return None
+    if array.ndim != 1 or (array.size and array.dtype.kind not in "iu"):
+        return None
+    return array.astype(np.int64)
 
 
 def _read_idx(path: Path, ndim: int) -> np.ndarray:
@@ -643,7 +658,7 @@ def _read_idx(path: Path, ndim: int) -> np.ndarray:
         raw = path.read_bytes()
         if raw[:2] == b"\x1f\x8b":
             raw = gzip.decompress(raw)
-    except (OSError, EOFError) as error:
+    except (OSError, EOFError, zlib.error) as error:
         raise UserError(f"{path} is not a readable IDX file: {_one_line(error)}; {hint}") from None
     header = 4 + 4 * ndim
     if len(raw) < header or raw[:3] != b"\x00\x00\x08" or raw[3] != ndim:
@@ -672,7 +687,7 @@ def _read_parquet(path: Path, label_columns: Sequence[str]) -> tuple[list[bytes]
     except (pa.ArrowException, OSError) as error:
         raise UserError(f"{path} is not a readable parquet file: {_one_line(error)}; {hint}") from None
     images = table.column(image_column).combine_chunks()
-    if pa.types.is_struct(images.type):
+    if pa.types.is_struct(images.type) and images.type.get_field_index("bytes") >= 0:
         images = images.field("bytes")
     labels = table.column(label_column)
     if not (pa.types.is_binary(images.type) or pa.types.is_large_binary(images.type)) or images.null_count:

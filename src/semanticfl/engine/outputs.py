@@ -70,6 +70,8 @@ class RunDirectory:
                 return cls(path)
             except FileExistsError:
                 continue
+            except OSError as exc:
+                raise UserError(f"cannot create run directory {path}: {exc.strerror}") from None
         raise UserError(f"could not find a free run directory name under {base}")
 
     @classmethod
@@ -97,9 +99,6 @@ class RunDirectory:
 
     def write_config(self, toml_text: str) -> None:
         atomic_write_text(self.path / "config.toml", toml_text)
-
-    def read_config(self) -> str:
-        return (self.path / "config.toml").read_text()
 
     def read_rounds(self) -> list[dict[str, Any]]:
         """Round records written so far (a torn last line from a crash is dropped)."""
