@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import tomllib
+from pathlib import Path
 from typing import Any
 
 from flwr.app import Context
@@ -12,6 +14,10 @@ from semanticfl.config import config_from_dict
 from semanticfl.engine.experiment import Experiment
 from semanticfl.engine.outputs import RunDirectory
 from semanticfl.engine.server import FederatedServer
+from semanticfl.errors import RunAborted
+from semanticfl.files import atomic_write_text
+
+log = logging.getLogger("semanticfl")
 
 
 def serve(
@@ -47,9 +53,19 @@ server_app = ServerApp()
 ``resume`` and ``until-round`` (0 = all rounds)."""
 
 
+STOPPED_FILE = "stopped.txt"
+"""Where a deployed ServerApp leaves the one-line reason it stopped early (too few clients),
+for ``semanticfl run`` to report as it would a simulation's."""
+
+
 @server_app.main()
 def deployed_main(grid: Grid, context: Context) -> None:
     config_toml = str(context.run_config["config"])
     experiment = Experiment(config_from_dict(tomllib.loads(config_toml)))
     run = context.run_config
-    serve(grid, experiment, config_toml, str(run["run-dir"]), bool(run["resume"]), int(run["until-round"]))
+    run_dir = Path(str(run["run-dir"]))
+    try:
+        serve(grid, experiment, config_toml, str(run_dir), bool(run["resume"]), int(run["until-round"]))
+    except RunAborted as exc:
+        log.error("run stopped: %s", exc)
+        atomic_write_text(run_dir / STOPPED_FILE, str(exc))

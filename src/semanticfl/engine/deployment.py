@@ -20,8 +20,9 @@ from typing import Any
 
 import tomli_w
 
+from semanticfl.engine.apps import STOPPED_FILE
 from semanticfl.engine.outputs import RunDirectory
-from semanticfl.errors import UserError
+from semanticfl.errors import RunAborted, UserError
 
 DEFAULT_CONTROL_ADDRESS = "127.0.0.1:9093"
 CONNECTION = "semanticfl"
@@ -86,8 +87,12 @@ def run_deployment_engine(
     write_connection(home, connection.get("address") or DEFAULT_CONTROL_ADDRESS, connection.get("root_certificates"))
     summary_file = run_dir.file("summary.json")
     summary_file.unlink(missing_ok=True)
+    stopped = run_dir.file(STOPPED_FILE)
+    stopped.unlink(missing_ok=True)
     env = {**os.environ, "FLWR_HOME": str(home)}
     completed = subprocess.run([flwr, "run", str(app), CONNECTION, "--stream"], env=env, check=False)
+    if not summary_file.is_file() and stopped.is_file():
+        raise RunAborted(stopped.read_text())
     if completed.returncode != 0 or not summary_file.is_file():
         raise UserError(
             f"the Deployment Engine run did not finish (flwr exit code {completed.returncode}); "

@@ -211,10 +211,12 @@ class FederatedServer:
             messages[partition_id] = Message(content, dst_node_id=nodes[partition_id], message_type="train")
             outcome.bytes_down[partition_id] = down
         replies = grid.send_and_receive(messages.values(), timeout=self.config.train.client_timeout_s)
-        by_node = {node: pid for pid, node in nodes.items()}
+        # Match replies by message id (set when sent): an error the SuperLink writes for a lost
+        # node (node unavailable, message expired) comes from the SuperLink, not from the node.
+        by_message = {message.metadata.message_id: pid for pid, message in messages.items()}
         answered = set()
         for reply in replies:
-            partition_id = by_node[reply.metadata.src_node_id]
+            partition_id = by_message[reply.metadata.reply_to_message_id]
             answered.add(partition_id)
             self._accept_reply(reply, partition_id, outcome)
         for partition_id in set(messages) - answered:
