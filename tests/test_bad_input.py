@@ -885,6 +885,18 @@ def test_bad_input_leaves_an_existing_results_folder_byte_identical(
     assert TALLYING or snapshot(previous_run) == before
 
 
+@pytest.mark.parametrize("command", ["run", "compare", "partition"])
+def test_an_output_folder_that_is_a_file_is_refused_and_kept(
+    command, previous_run, capsys, fashion_mnist_available
+):
+    taken = previous_run / "quickstart-20260101-000000" / "summary.json"
+    before = snapshot(previous_run)
+    where = ["--out", str(taken)] if command == "partition" else [f"experiment.output_dir={taken}"]
+    algorithms = ["--algorithms", "fedavg"] if command == "compare" else []
+    cli_rejects(capsys, command, "quickstart", *SMALL, *where, *algorithms)
+    assert TALLYING or snapshot(previous_run) == before
+
+
 def test_resuming_a_run_with_a_broken_config_changes_nothing(previous_run, capsys):
     run = previous_run / "quickstart-20260101-000000"
     good = (run / "config.toml").read_bytes()

@@ -168,7 +168,10 @@ def cmd_partition(args: argparse.Namespace) -> int:
     experiment = Experiment(load_config(source, overrides))
     _ = experiment.partitions  # bad input stops here, before --out is created
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create --out folder {out}: {exc.strerror}") from None
     print(write_partition_report(experiment, out))
     print(f"wrote {out / 'partition.csv'} and {out / 'partition.png'}")
     return 0
