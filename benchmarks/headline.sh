@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# The headline table (BENCHMARKS.md, README): CIFAR-10 (../shared/data/cifar10), the NIID-Bench simple
+# CNN, 10 clients all taking part, 10 rounds x 1 local epoch (sized for a 2-core CPU), the offline
+# teacher trained on the server's 10,000-sample split, which every row (baselines included) withholds
+# from the clients. Rows run in priority order and a finished row is skipped, so the script can be
+# stopped and started again. FedDifRC's table (issue 5) is the dir* x {fedavg, feddifrc, tdcl_only,
+# ndcr_only} subset.
+#   ./benchmarks/headline.sh [OUT] [TEACHER_MINUTES]
+#   python benchmarks/headline_table.py [OUT]     # -> benchmarks/results/headline.json + Markdown
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out=${1:-benchmarks/out/headline}
+teacher=benchmarks/out/teachers/cifar10
+[ -f "$teacher/teacher.json" ] || semanticfl teacher train cifar10_cnn data.server_holdout=10000 --out "$teacher" --minutes "${2:-22}"
+common=(data.server_holdout=10000 "teacher.path=$teacher" train.rounds=10 train.local_epochs=1
+        "algorithm.feddifrc.layer_dims=[128,128,64]" "algorithm.semanticfl.layer_dims=[32,128,128,64]"
+        "experiment.output_dir=$out")
+
+setting_overrides() {
+  case $1 in
+    dir*) echo "partition.scheme=dirichlet partition.alpha=${1#dir}" ;;
+    c2) echo "partition.scheme=pathological partition.classes_per_client=2" ;;
+  esac
+}
+
+method_overrides() {
+  case $1 in
+    tdcl_only) echo "algorithm.name=feddifrc algorithm.feddifrc.lambda_ndcr=0" ;;
+    ndcr_only) echo "algorithm.name=feddifrc algorithm.feddifrc.lambda_tdcl=0" ;;
+    semanticfl_anchors | semanticfl_local | semanticfl_offload)
+      echo "algorithm.name=semanticfl algorithm.semanticfl.mode=${1#semanticfl_}" ;;
+    semanticfl_no_latent)
+      echo "algorithm.name=semanticfl algorithm.semanticfl.layers=[\"up-3\",\"up-2\",\"up-1\"] algorithm.semanticfl.layer_dims=[128,128,64]" ;;
+    semanticfl_no_unet)
+      echo "algorithm.name=semanticfl algorithm.semanticfl.layers=[\"latent\"] algorithm.semanticfl.layer_dims=[32]" ;;
+    semanticfl_no_kd) echo "algorithm.name=semanticfl algorithm.semanticfl.lambda_kd=0" ;;
+    semanticfl_no_con) echo "algorithm.name=semanticfl algorithm.semanticfl.lambda_con=0" ;;
+    *) echo "algorithm.name=$1" ;;
+  esac
+}
+
+row() {  # row SETTING SEED METHOD
+  local name="$1-$3-s$2"
+  if grep -qs '"complete": true' "$out/$name"-2*/summary.json; then return; fi
+  rm -rf "${out:?}/$name"-2*
+  # shellcheck disable=SC2046  # the override lists are meant to split into words
+  semanticfl run cifar10_cnn "${common[@]}" experiment.seed="$2" experiment.name="$name" \
+    $(setting_overrides "$1") $(method_overrides "$3")
+}
+
+feddifrc_rows=(fedavg feddifrc tdcl_only ndcr_only)
+semanticfl_rows=(semanticfl_anchors semanticfl_local)
+baseline_rows=(fedprox moon scaffold fednh)
+for method in "${feddifrc_rows[@]}" "${semanticfl_rows[@]}" "${baseline_rows[@]}"; do row dir0.1 0 "$method"; done
+for setting in dir0.05 dir0.5; do
+  for method in "${feddifrc_rows[@]}" "${semanticfl_rows[@]}" "${baseline_rows[@]}"; do row "$setting" 0 "$method"; done
+done
+for method in fedavg feddifrc "${semanticfl_rows[@]}" "${baseline_rows[@]}"; do row c2 0 "$method"; done
+for seed in 1 2; do
+  for method in fedavg feddifrc "${semanticfl_rows[@]}" "${baseline_rows[@]}"; do row dir0.1 "$seed" "$method"; done
+done
+for method in semanticfl_no_latent semanticfl_no_unet semanticfl_no_kd semanticfl_no_con; do row dir0.1 0 "$method"; done
+python benchmarks/headline_table.py "$out"
