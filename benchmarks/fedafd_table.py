@@ -1,0 +1,80 @@
+"""FedAFD's benchmark table from the run directories of benchmarks/fedafd.sh.
+
+Prints a Markdown table (one row per setting and method: final client metrics per kind, final server
+R@1 both ways and rsum, rounds to a server rsum, mean round time, MB per client per round) and writes
+the rows to benchmarks/results/fedafd.json.
+
+    python benchmarks/fedafd_table.py [OUT] [--target-rsum 300]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+METHODS = ("fedafd", "local", "creamfl_style", "no_baa", "no_gff", "no_sed")
+LABELS = {
+    "fedafd": "FedAFD", "local": "LOCAL", "creamfl_style": "CreamFL-style",
+    "no_baa": "FedAFD w/o BAA", "no_gff": "FedAFD w/o GFF", "no_sed": "FedAFD w/o SED (mean)",
+}
+
+
+def rows(out: Path, target: float) -> list[dict]:
+    found = []
+    for summary_path in sorted(out.glob("*/summary.json")):
+        summary = json.loads(summary_path.read_text())
+        if not summary.get("complete"):
+            continue
+        setting, _, method = summary["experiment"].partition("-")
+        rounds = [json.loads(line) for line in (summary_path.parent / "metrics.jsonl").read_text().splitlines()]
+        last = rounds[-1]
+        found.append({
+            "setting": setting,
+            "method": method,
+            "client_image_top1": last["client_image_top1"],
+            "client_text_top1": last["client_text_top1"],
+            "client_pair_rsum": last["client_pair_rsum"],
+            "server_r1_i2t": last["server_r1_i2t"],
+            "server_r1_t2i": last["server_r1_t2i"],
+            "server_rsum": last["server_rsum"],
+            "target_rsum": target,
+            "rounds_to_target_rsum": next((r["round"] for r in rounds if r["server_rsum"] >= target), None),
+            "rounds": len(rounds),
+            "mean_round_time_s": summary["mean_round_time_s"],
+            "mb_down_per_client_round": summary["bytes_down_per_client_per_round"] / 1e6,
+            "mb_up_per_client_round": summary["bytes_up_per_client_per_round"] / 1e6,
+            "run_dir": summary["run_dir"],
+        })
+    order = {m: i for i, m in enumerate(METHODS)}
+    return sorted(found, key=lambda r: (r["setting"] != "dir0.1", order.get(r["method"], 99)))
+
+
+def markdown(table: list[dict]) -> str:
+    head = ("| setting | method | image top-1 | text top-1 | image-text rsum | server R@1 i→t | server R@1 t→i "
+            "| server rsum | rounds to rsum ≥ {t:g} | round (s) | MB down / up per client-round |")
+    lines = [head.format(t=table[0]["target_rsum"] if table else 0), "|" + "---|" * 11]
+    for r in table:
+        lines.append(
+            f"| {r['setting']} | {LABELS.get(r['method'], r['method'])} | {r['client_image_top1']:.2f} "
+            f"| {r['client_text_top1']:.2f} | {r['client_pair_rsum']:.1f} | {r['server_r1_i2t']:.2f} "
+            f"| {r['server_r1_t2i']:.2f} | {r['server_rsum']:.1f} | {r['rounds_to_target_rsum'] or '—'} "
+            f"| {r['mean_round_time_s']:.1f} | {r['mb_down_per_client_round']:.2f} / {r['mb_up_per_client_round']:.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("out", nargs="?", default="benchmarks/out/fedafd")
+    parser.add_argument("--target-rsum", type=float, default=300.0)
+    args = parser.parse_args()
+    table = rows(Path(args.out), args.target_rsum)
+    results = Path(__file__).parent / "results"
+    results.mkdir(exist_ok=True)
+    (results / "fedafd.json").write_text(json.dumps(table, indent=2) + "\n")
+    print(markdown(table))
+
+
+if __name__ == "__main__":
+    main()
