@@ -62,8 +62,12 @@ def extract_features(experiment: Experiment) -> list[str]:
     """Fill the feature store for every teacher request; one line per entry (size, time, rate)."""
     targets = experiment.teacher_targets
     targets.progress = sys.stderr.isatty()
-    lines = []
-    for request in targets.requests:
+    lines = [
+        f"{name}: conditioned on the client model, so each client extracts it every round "
+        f"({extractor.request.per_sample_shape()} per sample, PCA fitted on the public split; not cached)"
+        for name, extractor in targets.conditioned_extractors.items()
+    ]
+    for request in targets.cached_requests:
         started = time.perf_counter()
         entry = targets.entry(request, experiment.client_pool)
         seconds = time.perf_counter() - started
@@ -142,6 +146,17 @@ def launch(
     return run_simulation_engine(experiment, config_toml, str(run_dir.path), resume, until_round)
 
 
+MULTIMODAL_ROWS = {
+    "final_server_rsum": "final server rsum (of 600)",
+    "server_r1_i2t": "server R@1 image→text (%)",
+    "server_r1_t2i": "server R@1 text→image (%)",
+    "client_image_top1": "image clients: mean top-1 (%)",
+    "client_text_top1": "text clients: mean top-1 (%)",
+    "client_pair_rsum": "image-text clients: mean rsum",
+}
+"""Summary fields of model-heterogeneous multimodal runs (FedAFD), printed when present."""
+
+
 def print_summary(summary: dict[str, Any]) -> None:
     """The final table of a run."""
     table = Table(title=f"{summary['experiment']} — {summary['algorithm']} on {summary['dataset']}")
@@ -161,6 +176,9 @@ def print_summary(summary: dict[str, Any]) -> None:
         rows.append(
             (f"rounds to {summary['target_accuracy']}%", summary["rounds_to_target"] or "not reached")
         )
+    rows += [(label, _fmt(summary[key])) for key, label in MULTIMODAL_ROWS.items() if summary.get(key) is not None]
+    if summary.get("target_rsum"):
+        rows.append((f"rounds to server rsum {summary['target_rsum']}", summary["rounds_to_target_rsum"] or "not reached"))
     for name, value in rows:
         table.add_row(name, str(value))
     Console().print(table)

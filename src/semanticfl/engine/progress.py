@@ -15,6 +15,8 @@ def format_round(record: dict[str, Any], total: int) -> str:
         parts.append(f"acc {record['test_accuracy']:.2f}%  loss {record['test_loss']:.3f}")
     if record.get("val_accuracy") is not None:
         parts.append(f"val {record['val_accuracy']:.2f}%")
+    if record.get("server_rsum") is not None:
+        parts.append(f"server rsum {record['server_rsum']:.1f}")
     parts.append(f"train {record['train_loss']:.3f}")
     parts.append(f"{record['round_time_s']:.1f}s")
     clients = f"{record['clients']} clients"
