@@ -157,3 +157,28 @@ def test_local_loss_is_ce_plus_both_terms():
         + 2.0 * ndcr_loss(z, targets[NDCR])
     )
     assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_injected_encoding_targets_are_extracted_per_round_from_the_received_model():
+    algo = build_algorithm("feddifrc", {"layer_dims": [8, 4, 4], "lambda_ndcr": 0.0, "inject_encoding": True}, SETUP)
+    (tdcl,) = algo.feature_requests()
+    assert tdcl.conditioned and tdcl.per_sample_shape() == (3, 16)
+    model = algo.extend_model(build_model("cnn", 3, 1, 28))
+    n = 8
+    labels, images = torch.arange(n) % 3, torch.randint(0, 255, (n, 1, 28, 28), dtype=torch.uint8)
+    candidates = torch.randn(n, 3, 16, generator=torch.Generator().manual_seed(3))
+    calls = []
+
+    def conditioned_targets(name, received):
+        calls.append((name, received))
+        return candidates
+
+    data = LocalData(images, labels, lambda x, g: x.float() / 255.0, conditioned_targets=conditioned_targets)
+    settings = LocalSettings(epochs=1, batch_size=3, lr=0.0, momentum=0.0, weight_decay=0.0)
+    context = algo.begin_local(model, data, ClientTask(round=1), settings)
+    assert calls == [(TDCL, model)] and context is candidates
+    rows = torch.tensor([5, 1, 6])
+    batch = Batch(images[rows].float() / 255.0, labels[rows], {}, rows)
+    from_context, _ = algo.local_loss(model, batch, context)
+    from_batch, _ = algo.local_loss(model, Batch(batch.images, batch.labels, {TDCL: candidates[rows]}), None)
+    assert from_context.item() == pytest.approx(from_batch.item(), rel=1e-6)

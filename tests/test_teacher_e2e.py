@@ -68,6 +68,21 @@ def test_feddifrc_trains_on_cached_teacher_features(tmp_path, tiny_sd, env):
     assert all(r["train_loss"] == r["train_loss"] and r["train_loss"] > 0 for r in rounds)  # finite
 
 
+def test_feddifrc_with_injected_encodings_extracts_tdcl_on_the_clients_every_round(tmp_path, tiny_sd, env):
+    inject = [*TINY, f"teacher.path={tiny_sd}", *FEDDIFRC, "algorithm.feddifrc.inject_encoding=true"]
+    listed = semanticfl("features", "quickstart", *inject, cwd=tmp_path, env=env)
+    assert listed.returncode == 0, listed.stderr
+    tdcl, ndcr = listed.stdout.strip().splitlines()
+    assert tdcl.startswith("feddifrc.tdcl: conditioned on the client model") and "(10, 32)" in tdcl
+    assert ndcr.startswith("feddifrc.ndcr:") and "→ " in ndcr  # cached as before
+    out = tmp_path / "runs"
+    done = semanticfl("run", "quickstart", *inject, f"experiment.output_dir={out}", cwd=tmp_path, env=env)
+    assert done.returncode == 0, done.stderr
+    rounds = read_rounds(run_dirs(out)[0])
+    assert [r["clients"] for r in rounds] == [3, 3]
+    assert all(r["train_loss"] > 2.30 for r in rounds)  # CE + TDCL (≈ ln 10 each at the start) + NDCR
+
+
 def test_semanticfl_anchors_mode_clients_send_only_model_arrays_and_metrics(tmp_path, tiny_sd, env):
     out = tmp_path / "runs"
     done = semanticfl("run", "quickstart", *TINY, f"teacher.path={tiny_sd}", *SEMANTICFL,

@@ -127,6 +127,25 @@ def test_per_prompt_features_match_single_prompt_features(
             torch.testing.assert_close(value[:, p], single[key], rtol=1e-5, atol=1e-5)
 
 
+def test_injected_encodings_condition_each_image_alone(teacher: DiffusionTeacher, images: torch.Tensor) -> None:
+    encodings = torch.randn(5, 84, generator=torch.Generator().manual_seed(2))
+    tokens = teacher.condition_tokens(encodings)
+    states, mask = teacher.text.tokens([NULL_PROMPT])
+    word_norm = states.float().norm(dim=-1)[mask.bool()].mean()
+    assert tokens.shape == (5, states.shape[-1])
+    torch.testing.assert_close(tokens.norm(dim=1), word_norm.expand(5), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(teacher.condition_tokens(encodings), tokens)  # a fixed, seeded map
+    plain = teacher.features_per_prompt(images, IDS, PROMPTS)
+    conditioned = teacher.features_per_prompt(images, IDS, PROMPTS, tokens)
+    assert not torch.allclose(plain["up3"], conditioned["up3"])
+    # image 0's features depend on its own token only: change image 4's encoding, image 0 keeps its rows
+    changed = tokens.clone()
+    changed[4] = teacher.condition_tokens(torch.randn(1, 84))[0]
+    other = teacher.features_per_prompt(images, IDS, PROMPTS, changed)
+    torch.testing.assert_close(other["up3"][0], conditioned["up3"][0], rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(other["up3"][4], conditioned["up3"][4])
+
+
 def test_more_prompts_than_batch_rows(teacher: DiffusionTeacher, images: torch.Tensor) -> None:
     wide = teacher.features_per_prompt(images[:2], IDS[:2], PROMPTS)
     assert_same(variant(teacher, batch_size=2).features_per_prompt(images[:2], IDS[:2], PROMPTS), wide)

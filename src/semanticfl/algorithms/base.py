@@ -56,6 +56,8 @@ class Batch:
     images: torch.Tensor
     labels: torch.Tensor
     targets: dict[str, torch.Tensor] = field(default_factory=dict)
+    rows: torch.Tensor | None = None
+    """The samples' positions in the client's :class:`LocalData` (stay on the CPU)."""
 
     def __iter__(self) -> Iterator[torch.Tensor]:
         """``images, labels = batch`` for code that needs nothing else."""
@@ -66,11 +68,17 @@ class Batch:
             self.images.to(device),
             self.labels.to(device),
             {name: value.to(device) for name, value in self.targets.items()},
+            self.rows,
         )
 
 
 TargetReader = Callable[[np.ndarray], dict[str, torch.Tensor]]
 """Local row positions → per-sample targets (e.g. cached teacher features) for those rows."""
+
+ConditionedExtractor = Callable[[str, nn.Module], torch.Tensor]
+"""(request name, client model) → the teacher features of every local sample (rows in
+:class:`LocalData` order) with the model's encoding of that sample injected into the teacher's
+conditioning (a :class:`~semanticfl.teachers.base.FeatureRequest` with ``conditioned = True``)."""
 
 
 @dataclass
@@ -85,6 +93,8 @@ class LocalData:
     """uint8 batch → float batch (normalisation and, for training, augmentation)."""
     targets: TargetReader | None = None
     """Per-sample targets read for each batch (teacher-guided algorithms); ``None`` for the rest."""
+    conditioned_targets: ConditionedExtractor | None = None
+    """Model-dependent teacher features, extracted on demand (runs the teacher on this client)."""
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -95,7 +105,7 @@ class LocalData:
         for start in range(0, len(self), batch_size):
             index = order[start : start + batch_size]
             targets = self.targets(index.numpy()) if self.targets is not None else {}
-            yield Batch(self.transform(self.images[index], generator), self.labels[index], targets)
+            yield Batch(self.transform(self.images[index], generator), self.labels[index], targets, index)
 
     def label_histogram(self, num_classes: int) -> np.ndarray:
         """Samples per class, as FedDisco/FedNH-style methods need."""

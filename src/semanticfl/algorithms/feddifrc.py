@@ -38,20 +38,27 @@ Deviations from the public code (hwang52/FedDifRC), following the paper instead:
 The self-supervised variant (``self_supervised = true``) uses no labels in the teacher prompts:
 the positive is "a photo of a similar object", ``num_negatives`` negatives are drawn from the
 class-name prompts, and NDCR's prompt is "a photo of a visual object".
-Not implemented: the paper's conditional injection of the sample's encoding into the prompt
-embedding (the teacher is conditioned on text prompts only).
+
+Conditional injection (``inject_encoding = true``): the paper injects the sample's encoding
+``c_i = h_k(x_i)`` into the teacher beside the prompt ``P_{y_i}``. Here the client encodes its
+data with the model it received (eval mode, un-augmented view) at the start of every round; each
+encoding becomes one extra cross-attention token appended to every class prompt
+(:meth:`~semanticfl.teachers.diffusion.DiffusionTeacher.condition_tokens`: a fixed seeded
+projection to the token width, rescaled to a word token's norm -- the paper does not say how the
+widths are matched) and the TDCL candidates are re-extracted. Because they depend on the model,
+they cannot be cached: the client runs the teacher, ``N_k × C`` U-Net passes per round, which is
+why it is off by default (the PCA is the one fitted without a condition).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from semanticfl.algorithms.base import AlgorithmSetup, Batch
+from semanticfl.algorithms.base import AlgorithmSetup, Batch, ClientTask, LocalData, LocalSettings
 from semanticfl.algorithms.contrastive import candidate_info_nce
 from semanticfl.algorithms.teacher_guided import (
     TeacherGuided,
@@ -86,6 +93,8 @@ class FedDifRCParams:
     self_supervised: bool = False
     projection: str = "auto"
     """``auto`` (identity when dimensions agree, else linear) or ``linear``."""
+    inject_encoding: bool = False
+    """Inject each sample's encoding by the received model into the TDCL conditioning (per round)."""
 
 
 def tdcl_loss(
@@ -136,7 +145,7 @@ class FedDifRC(TeacherGuided):
         p = self.params
         requests = []
         if p.lambda_tdcl:
-            requests.append(self.feature_request(TDCL, self.tdcl_prompts()))
+            requests.append(self.feature_request(TDCL, self.tdcl_prompts(), conditioned=p.inject_encoding))
         if p.lambda_ndcr:
             requests.append(
                 self.feature_request(NDCR, (VISUAL_PROMPT if p.self_supervised else NULL_PROMPT,))
@@ -148,14 +157,24 @@ class FedDifRC(TeacherGuided):
         names = class_prompts(self.setup.class_names, self.params.template)
         return (SIMILAR_PROMPT, *names) if self.params.self_supervised else tuple(names)
 
-    def local_loss(self, model: nn.Module, batch: Batch, context: Any) -> tuple[Tensor, Tensor]:
+    def begin_local(
+        self, model: nn.Module, data: LocalData, task: ClientTask, settings: LocalSettings
+    ) -> Tensor | None:
+        """With ``inject_encoding``: this round's TDCL candidates of every local sample, conditioned
+        on the received model's encodings (N×C×D); otherwise nothing (they come with the batch)."""
+        if not (self.params.lambda_tdcl and self.params.inject_encoding):
+            return None
+        return data.conditioned_targets(TDCL, model)
+
+    def local_loss(self, model: nn.Module, batch: Batch, context: Tensor | None) -> tuple[Tensor, Tensor]:
         """``L_CE + λ_TDCL · L_TDCL + λ_NDCR · L_NDCR``."""
         p = self.params
         features, logits = model(batch.images)
         loss = F.cross_entropy(logits, batch.labels)
         z = self.project(model, features)
         if p.lambda_tdcl:
-            candidates = batch.targets[TDCL].float()
+            tdcl_targets = batch.targets[TDCL] if context is None else context[batch.rows].to(z.device)
+            candidates = tdcl_targets.float()
             positive = torch.zeros_like(batch.labels) if p.self_supervised else batch.labels
             loss = loss + p.lambda_tdcl * tdcl_loss(z, candidates, positive, p.temperature, p.num_negatives)
         if p.lambda_ndcr:

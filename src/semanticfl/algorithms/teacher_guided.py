@@ -49,7 +49,9 @@ class TeacherGuided(Algorithm):
         model.add_module(PROJECTION, projection)
         return super().extend_model(model)
 
-    def feature_request(self, name: str, prompts: tuple[str, ...]) -> FeatureRequest:
+    def feature_request(
+        self, name: str, prompts: tuple[str, ...], conditioned: bool = False
+    ) -> FeatureRequest:
         """A request for this algorithm's timestep, layers, PCA dims and reduction."""
         p = self.params
         return FeatureRequest(
@@ -59,6 +61,7 @@ class TeacherGuided(Algorithm):
             layer_dims=p.layer_dims,
             prompts=prompts,
             reduction=p.reduction,
+            conditioned=conditioned,
         )
 
     @staticmethod

@@ -176,9 +176,16 @@ def print_summary(summary: dict[str, Any]) -> None:
         rows.append(
             (f"rounds to {summary['target_accuracy']}%", summary["rounds_to_target"] or "not reached")
         )
-    rows += [(label, _fmt(summary[key])) for key, label in MULTIMODAL_ROWS.items() if summary.get(key) is not None]
+    rows += [
+        (label, _fmt(summary[key])) for key, label in MULTIMODAL_ROWS.items() if summary.get(key) is not None
+    ]
     if summary.get("target_rsum"):
-        rows.append((f"rounds to server rsum {summary['target_rsum']}", summary["rounds_to_target_rsum"] or "not reached"))
+        rows.append(
+            (
+                f"rounds to server rsum {summary['target_rsum']}",
+                summary["rounds_to_target_rsum"] or "not reached",
+            )
+        )
     for name, value in rows:
         table.add_row(name, str(value))
     Console().print(table)

@@ -100,11 +100,18 @@ class Experiment:
         if own is not None:
             return own
         index = self.partitions[partition_id]
+        requests = self.algorithm.feature_requests()
+        conditioned = any(request.conditioned for request in requests)
         return LocalData(
             images=images_to_tensor(self.dataset.train_images, index),
             labels=torch.from_numpy(np.array(self.dataset.train_labels[index], dtype=np.int64)),
             transform=self.train_transform(),
-            targets=self.teacher_targets.reader(index) if self.algorithm.feature_requests() else None,
+            targets=self.teacher_targets.reader(index) if requests else None,
+            conditioned_targets=(
+                self.teacher_targets.conditioned_extractor(index, self.eval_transform())
+                if conditioned
+                else None
+            ),
         )
 
     @cached_property

@@ -23,8 +23,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
+from semanticfl.algorithms.base import ConditionedExtractor
 from semanticfl.data.datasets import images_to_tensor
+from semanticfl.data.transforms import BatchTransform
 from semanticfl.errors import UserError
 from semanticfl.teachers.base import AnchorRequest, ExtractionSettings, FeatureRequest
 from semanticfl.teachers.diffusion import DiffusionTeacher
@@ -131,6 +134,24 @@ def with_settings(teacher: DiffusionTeacher, settings: ExtractionSettings) -> Di
     )
 
 
+@torch.no_grad()
+def encode_samples(
+    model: nn.Module, images: torch.Tensor, transform: BatchTransform, batch_size: int
+) -> torch.Tensor:
+    """The model's features (``model(x)[0]``) of uint8 ``images``, in eval mode, on the CPU."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    try:
+        parts = [
+            model(transform(images[start : start + batch_size]).to(device))[0].cpu()
+            for start in range(0, len(images), batch_size)
+        ]
+    finally:
+        model.train(was_training)
+    return torch.cat(parts)
+
+
 class RequestExtractor:
     """One request on one teacher: raw multi-layer features → reduced, fused vectors."""
 
@@ -183,19 +204,24 @@ class RequestExtractor:
 
         self.reducer.fit_batches(batches(), fitted_on=f"{len(ids)} public samples")
 
-    def fused(self, images: torch.Tensor, ids: torch.Tensor) -> np.ndarray:
-        """N×D (one prompt) or N×P×D (several) unit vectors, float16."""
+    def fused(
+        self, images: torch.Tensor, ids: torch.Tensor, condition: torch.Tensor | None = None
+    ) -> np.ndarray:
+        """N×D (one prompt) or N×P×D (several) unit vectors, float16; with ``condition`` (N×D_client
+        sample encodings) each image's encoding is injected beside every prompt."""
         prompts = list(self.request.prompts)
-        if len(prompts) == 1:
+        if len(prompts) == 1 and condition is None:
             out = self.reducer.transform(self.raw(images, ids, prompts))[FUSED]
         else:
-            per_prompt = self.teacher.features_per_prompt(images, ids, prompts)
+            tokens = None if condition is None else self.teacher.condition_tokens(condition)
+            per_prompt = self.teacher.features_per_prompt(images, ids, prompts, tokens)
             n, p = len(ids), len(prompts)
             flat = {k: v.flatten(0, 1) for k, v in per_prompt.items()}
             if "latent" in self.layers:
                 latent = self.teacher.latents(images, ids).float().cpu()
                 flat["latent"] = latent.repeat_interleave(p, dim=0)
             out = self.reducer.transform(flat)[FUSED].unflatten(0, (n, p))
+            out = out[:, 0] if p == 1 else out
         return out.numpy().astype(np.float16)
 
 
@@ -211,6 +237,16 @@ class TeacherTargets:
     @cached_property
     def requests(self) -> tuple[FeatureRequest, ...]:
         return self.experiment.algorithm.feature_requests()
+
+    @cached_property
+    def cached_requests(self) -> tuple[FeatureRequest, ...]:
+        """The requests extracted once into the store: all but the model-conditioned ones."""
+        return tuple(request for request in self.requests if not request.conditioned)
+
+    @cached_property
+    def conditioned_extractors(self) -> dict[str, RequestExtractor]:
+        """Extractors of the model-conditioned requests (their PCA fitted without a condition)."""
+        return {r.name: self.extractor(r) for r in self.requests if r.conditioned}
 
     @cached_property
     def teacher(self) -> DiffusionTeacher:
@@ -294,7 +330,7 @@ class TeacherTargets:
     def pool_entries(self) -> dict[str, CachedFeatures]:
         """Every request's entry over the whole client pool, opened (or built) once per process."""
         pool = self.experiment.client_pool
-        return {request.name: self.entry(request, pool) for request in self.requests}
+        return {request.name: self.entry(request, pool) for request in self.cached_requests}
 
     def reader(self, indices: np.ndarray) -> Callable[[np.ndarray], dict[str, torch.Tensor]]:
         """Local rows of a client holding ``indices`` → its per-sample targets, read from the pool entries."""
@@ -306,6 +342,19 @@ class TeacherTargets:
             return {name: torch.from_numpy(entry.take(FUSED, at)) for name, entry in entries.items()}
 
         return read
+
+    def conditioned_extractor(self, indices: np.ndarray, transform: BatchTransform) -> ConditionedExtractor:
+        """For a client holding ``indices``: (request, model) → features of its samples with the
+        model's encoding of each sample (its ``transform``-ed view) injected; runs the teacher here."""
+        images = images_to_tensor(self.experiment.dataset.train_images, indices)
+        ids = torch.from_numpy(indices)
+
+        def extract(name: str, model: nn.Module) -> torch.Tensor:
+            extractor = self.conditioned_extractors[name]
+            encodings = encode_samples(model, images, transform, self.experiment.config.teacher.batch_size)
+            return torch.from_numpy(extractor.fused(images, ids, condition=encodings))
+
+        return extract
 
     # ------------------------------------------------------------------ server-side anchors
 

@@ -95,6 +95,11 @@ class FeatureRequest:
     prompts: tuple[str, ...] = (NULL_PROMPT,)
     reduction: str = "spatial_norm"
     """``spatial_norm`` (FedDifRC's code: PCA on pixel vectors, then L2 over positions) or ``gap``."""
+    conditioned: bool = False
+    """Each sample's encoding by the client's current model is injected into the teacher's
+    conditioning (FedDifRC's conditional representations): the features change with the model, so
+    they are not cached but extracted on the client at the start of every round, and read with
+    ``LocalData.conditioned_targets`` instead of ``Batch.targets``."""
 
     @property
     def dim(self) -> int:

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 LATENT_STREAM = 0
 NOISE_STREAM = 1
+CONDITION_STREAM = 2
 PROMPT_CACHE_SIZE = 8
 _MASK32 = (1 << 32) - 1
 _MASK64 = (1 << 64) - 1
@@ -238,18 +239,42 @@ class DiffusionTeacher:
         states: tuple[Tensor, Tensor],
         image_of_row: Tensor,
         prompt_of_row: Tensor,
+        condition: Tensor | None = None,
     ) -> dict[str, Tensor]:
-        """Row r = image ``image_of_row[r]`` conditioned on prompt ``prompt_of_row[r]``: its up-block
-        features averaged over the noise draws, at most ``batch_size`` rows per U-Net call."""
+        """Row r = image ``image_of_row[r]`` conditioned on prompt ``prompt_of_row[r]`` (plus, if given,
+        the image's ``condition`` token appended to the prompt's tokens): its up-block features
+        averaged over the noise draws, at most ``batch_size`` rows per U-Net call."""
         draws = self.settings.noise_draws
         noisy = [self.noised(latents, sample_ids, draw) for draw in range(draws)]
         tokens, mask = states
         parts = []
         for rows in _chunks(len(image_of_row), self.settings.batch_size):
             images, prompts = image_of_row[rows], prompt_of_row[rows]
-            outs = [self.up_block_features(x[images], tokens[prompts], mask[prompts]) for x in noisy]
+            row_tokens, row_mask = tokens[prompts], mask[prompts]
+            if condition is not None:
+                row_tokens = torch.cat([row_tokens, condition[images, None].to(row_tokens)], dim=1)
+                row_mask = torch.cat([row_mask, row_mask.new_ones(len(images), 1)], dim=1)
+            outs = [self.up_block_features(x[images], row_tokens, row_mask) for x in noisy]
             parts.append({f"up{i}": (sum(out[i] for out in outs) / draws).cpu() for i in outs[0]})
         return _concat(parts)
+
+    @torch.inference_mode()
+    def condition_tokens(self, encodings: Tensor) -> Tensor:
+        """Sample encodings N×D (e.g. a client model's features) → N×d tokens the U-Net's
+        cross-attention can read beside a prompt (FedDifRC's conditional injection of ``h_k(x_i)``).
+
+        The map is a fixed Gaussian projection seeded by ``settings.seed`` (the paper does not say
+        how the widths are matched), and each token is rescaled to the mean norm of the null
+        prompt's tokens, so an injected token weighs like a word."""
+        tokens, mask = self._prompt_states([NULL_PROMPT])
+        width = tokens.shape[-1]
+        generator = torch.Generator().manual_seed(
+            derive_seed(self.settings.seed, CONDITION_STREAM, encodings.shape[1])
+        )
+        projection = torch.randn(encodings.shape[1], width, generator=generator) / encodings.shape[1] ** 0.5
+        mapped = F.normalize(encodings.float().cpu() @ projection, dim=1)
+        norms = tokens.float().norm(dim=-1)[mask.bool()]
+        return mapped * norms.mean().cpu()
 
     @torch.inference_mode()
     def features(self, images: Tensor, sample_ids: Tensor, prompts: list[str]) -> dict[str, Tensor]:
@@ -272,12 +297,14 @@ class DiffusionTeacher:
 
     @torch.inference_mode()
     def features_per_prompt(
-        self, images: Tensor, sample_ids: Tensor, prompts: list[str]
+        self, images: Tensor, sample_ids: Tensor, prompts: list[str], condition: Tensor | None = None
     ) -> dict[str, Tensor]:
         """``{"up{i}": N×P×C_i×h_i×w_i}``: every image conditioned on every one of the P prompts (e.g. all
         class prompts, for TDCL). The P rows of one image share its latent and the same noise (per
-        draw), so they differ only by the prompt. At most ``settings.batch_size`` U-Net rows run at once;
-        the clean latents do not depend on the prompt and come from :meth:`features`."""
+        draw), so they differ only by the prompt. With ``condition`` (N×d, :meth:`condition_tokens`)
+        image ``n``'s token is appended to every prompt it is paired with. At most
+        ``settings.batch_size`` U-Net rows run at once; the clean latents do not depend on the prompt
+        and come from :meth:`features`."""
         _check_batch(images, sample_ids)
         count = len(prompts)
         states = self._prompt_states(prompts)
@@ -287,7 +314,8 @@ class DiffusionTeacher:
             latents = self._encode(self.prepare(images[chunk]), ids)
             image_of_row = torch.arange(len(ids)).repeat_interleave(count)
             prompt_of_row = torch.arange(count).repeat(len(ids))
-            part = self._up_features(latents, ids, states, image_of_row, prompt_of_row)
+            tokens = None if condition is None else condition[chunk]
+            part = self._up_features(latents, ids, states, image_of_row, prompt_of_row, tokens)
             parts.append({key: value.unflatten(0, (len(ids), count)) for key, value in part.items()})
         return _concat(parts)
 
