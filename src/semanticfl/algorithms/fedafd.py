@@ -252,8 +252,8 @@ class FedAFD(Algorithm):
             if not 0 < getattr(p, name) < 0.5:
                 raise UserError(f"algorithm.fedafd.{name} must be in (0, 0.5), got {getattr(p, name)}")
         self.specs = [parse_client_spec(entry, f"algorithm.fedafd.clients[{i}]") for i, entry in enumerate(p.clients)]
-        for arch, where in ((p.server_image, "server_image"), (p.server_text, "server_text")):
-            parse_client_spec(f"{'image' if where == 'server_image' else 'text'}:{arch}", f"algorithm.fedafd.{where}")
+        parse_client_spec(f"image:{p.server_image}", "algorithm.fedafd.server_image")
+        parse_client_spec(f"text:{p.server_text}", "algorithm.fedafd.server_text")
         self.experiment = experiment
 
     @cached_property
@@ -324,11 +324,11 @@ class FedAFD(Algorithm):
         task.state.update(state_to_numpy(local))
         return ClientUpdate(arrays={}, num_examples=len(data), metrics=metrics, extra=extra)
 
-    def _features(self, local: LocalModel, batch: ModalData, transform, generator=None) -> dict[str, Tensor]:
+    def _features(self, local: LocalModel, batch: ModalData, transform) -> dict[str, Tensor]:
         """The local encoders' features of a batch, per modality the client has."""
         out = {}
         if local.image_encoder is not None:
-            out["image"] = local.image_encoder(transform(batch.images, generator))
+            out["image"] = local.image_encoder(transform(batch.images, None))
         if local.text_encoder is not None:
             out["text"] = local.text_encoder(batch.tokens)
         return out
