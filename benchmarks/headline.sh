@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 out=${1:-benchmarks/out/headline}
 teacher=benchmarks/out/teachers/cifar10
 [ -f "$teacher/teacher.json" ] || semanticfl teacher train cifar10_cnn data.server_holdout=10000 --out "$teacher" --minutes "${2:-22}"
-common=(data.server_holdout=10000 "teacher.path=$teacher" train.rounds=10 train.local_epochs=1
+common=(data.server_holdout=10000 "teacher.path=$teacher" train.rounds=10 train.local_epochs=1 eval.every=2
         "algorithm.feddifrc.layer_dims=[128,128,64]" "algorithm.semanticfl.layer_dims=[32,128,128,64]"
         "experiment.output_dir=$out")
 
@@ -51,9 +51,11 @@ row() {  # row SETTING SEED METHOD
 feddifrc_rows=(fedavg feddifrc tdcl_only ndcr_only)
 semanticfl_rows=(semanticfl_anchors semanticfl_local)
 baseline_rows=(fedprox moon scaffold fednh)
-for method in "${feddifrc_rows[@]}" "${semanticfl_rows[@]}" "${baseline_rows[@]}"; do row dir0.1 0 "$method"; done
-for setting in dir0.05 dir0.5; do
-  for method in "${feddifrc_rows[@]}" "${semanticfl_rows[@]}" "${baseline_rows[@]}"; do row "$setting" 0 "$method"; done
+for setting in dir0.1 dir0.05 dir0.5; do
+  for method in "${feddifrc_rows[@]}"; do row "$setting" 0 "$method"; done
+done
+for setting in dir0.1 dir0.05 dir0.5; do
+  for method in "${semanticfl_rows[@]}" "${baseline_rows[@]}"; do row "$setting" 0 "$method"; done
 done
 for method in fedavg feddifrc "${semanticfl_rows[@]}" "${baseline_rows[@]}"; do row c2 0 "$method"; done
 for seed in 1 2; do
