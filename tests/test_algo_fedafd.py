@@ -121,3 +121,25 @@ def test_client_specs_parse_and_reject_bad_entries():
                          ("text:bert", "unknown text"), ("image", "write")]:
         with pytest.raises(UserError, match=message):
             parse_client_spec(bad, "algorithm.fedafd.clients[0]")
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("partition.num_clients=4", "lists 10 clients but partition.num_clients is 4"),
+        ("data.server_holdout=0", "data.server_holdout > 0"),
+        ("eval.federated=true", "eval.federated=false"),
+        ("algorithm.fedafd.aggregation=max", "aggregation must be one of sed, mean, creamfl"),
+        ("algorithm.fedafd.gamma=-1", "gamma must be >= 0"),
+        ("algorithm.fedafd.text_test_fraction=0.6", "text_test_fraction must be in"),
+        ("algorithm.fedafd.server_text=bert", "unknown text architecture 'bert'"),
+        ('algorithm.fedafd.clients=["image:cnn", "video:x"]', "clients lists 2 clients"),
+    ],
+)
+def test_bad_fedafd_settings_are_one_line_errors(override, message):
+    from semanticfl.config import load_config
+    from semanticfl.engine.experiment import Experiment
+
+    config = load_config("multimodal_cifar10", [override])
+    with pytest.raises(UserError, match=message.replace("(", r"\(")):
+        Experiment(config).algorithm
