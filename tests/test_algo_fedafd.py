@@ -14,7 +14,12 @@ from semanticfl.algorithms.fedafd import (
     ensemble,
     sed_weights,
 )
-from semanticfl.algorithms.multimodal import ClientSpec, class_level_info_nce, parse_client_spec, retrieval_recalls
+from semanticfl.algorithms.multimodal import (
+    ClientSpec,
+    class_level_info_nce,
+    parse_client_spec,
+    retrieval_recalls,
+)
 from semanticfl.errors import UserError
 
 SIGMOID_1 = 1 / (1 + math.exp(-1))  # 0.7311
@@ -142,4 +147,4 @@ def test_bad_fedafd_settings_are_one_line_errors(override, message):
 
     config = load_config("multimodal_cifar10", [override])
     with pytest.raises(UserError, match=message.replace("(", r"\(")):
-        Experiment(config).algorithm
+        _ = Experiment(config).algorithm

@@ -19,7 +19,13 @@ from semanticfl.data.multimodal import (
     load_flickr30k,
     split_class_text,
 )
-from semanticfl.data.wordnet import SYSTEM_WORDNET_DIR, WordNetNouns, class_sentences, parse_data_line, split_gloss
+from semanticfl.data.wordnet import (
+    SYSTEM_WORDNET_DIR,
+    WordNetNouns,
+    class_sentences,
+    parse_data_line,
+    split_gloss,
+)
 from semanticfl.errors import UserError
 
 needs_wordnet = pytest.mark.skipif(
