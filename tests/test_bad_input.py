@@ -23,6 +23,7 @@ import os
 import pickle
 import struct
 import tempfile
+import tomllib
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -158,13 +159,19 @@ def loads_or_rejects(description: str, call: Callable[[], Any]) -> None:
     assert TALLYING or error is None or "\n" not in str(error)
 
 
-def cli_rejects(capsys, *argv: str) -> str:
-    """``semanticfl ARGV`` in this process: exit code 2 and one line on stderr, nothing else."""
+def cli_rejects(capsys, *argv: str, about: str = "") -> str:
+    """``semanticfl ARGV`` in this process: exit code 2 and one line on stderr, nothing else.
+
+    ``about`` tells inputs apart that the command line does not (the content of a file it names).
+    """
     codes: list[int] = []
-    outcome_of("semanticfl " + " ".join(argv), lambda: codes.append(main(list(argv))))
+    description = " ".join(["semanticfl", *argv, about])
+    outcome_of(description, lambda: codes.append(main(list(argv))))
     _, err = capsys.readouterr()
-    if codes == [0]:
-        OUTCOMES["semanticfl " + " ".join(argv)] = "accepted: bad input"
+    if codes == [2]:  # how the CLI reports a UserError
+        OUTCOMES[description] = "user_error"
+    elif OUTCOMES[description] == "accepted":  # another exit code, or it reached a run's launch
+        OUTCOMES[description] = "accepted: bad input"
     if not TALLYING:
         assert codes == [2], err
         assert "Traceback" not in err and err.startswith("semanticfl: error: "), err
@@ -230,7 +237,7 @@ def test_a_value_of_the_wrong_type_in_a_config_file_is_exit_code_2(setting, scra
     section, key, value = setting
     path = scratch() / "bad.toml"
     path.write_text(tomli_w.dumps({section: {key: value}}))
-    err = cli_rejects(capsys, "config", str(path))
+    err = cli_rejects(capsys, "config", str(path), about=f"{section}.{key} = {value!r}")
     assert TALLYING or f"{section}.{key}" in err
 
 
@@ -457,6 +464,39 @@ def test_int_for_a_float_and_edge_values_are_accepted(fashion_mnist_available):
         "fedprox mu=0, an int", lambda: algorithm_of({"algorithm": {"name": "fedprox", "fedprox": {"mu": 0}}})
     )
     accepts("fedavg with a fedprox table", lambda: algorithm_of({"algorithm": {"fedprox": {"mu": 0.5}}}))
+
+
+def plausible_values(annotation: Any) -> st.SearchStrategy:
+    """Values of the right type, often valid: small numbers, known names, short lists."""
+    if get_origin(annotation) is tuple:
+        return st.lists(plausible_values(get_args(annotation)[0]), max_size=3)
+    return {
+        bool: st.booleans(),
+        int: st.integers(-2, 20),
+        float: st.one_of(st.integers(0, 3), st.floats(-0.5, 2.0)),
+        str: st.one_of(
+            st.sampled_from(["cpu", "simulation", "offline", "cnn", "fedavg", "iid"]), st.text(max_size=8)
+        ),
+    }[annotation]
+
+
+@st.composite
+def config_documents(draw) -> dict[str, dict[str, Any]]:
+    """A TOML document that sets a few of config.py's real settings to plausible or mistyped values."""
+    document: dict[str, dict[str, Any]] = {}
+    for section, key, annotation in draw(st.lists(st.sampled_from(FIELDS), max_size=6, unique=True)):
+        value = draw(st.one_of(plausible_values(annotation), wrong_type_values(annotation)))
+        document.setdefault(section, {})[key] = value
+    return document
+
+
+@EXAMPLES
+@given(document=config_documents())
+def test_a_config_that_loads_is_written_to_config_toml_and_read_back_equal(document):
+    loaded: list[Config] = []
+    loads_or_rejects(f"document {document!r}", lambda: loaded.append(config_from_dict(document)))
+    if loaded:  # what --resume reads back must be what ran
+        assert TALLYING or config_from_dict(tomllib.loads(loaded[0].to_toml())) == loaded[0]
 
 
 # --------------------------------------------------------------------------- config files
@@ -817,6 +857,52 @@ def test_image_folders_with_non_images_or_wrong_sizes_are_a_user_error(files, si
     )
 
 
+def write_tiny_imagenet(root: Path, damage: str, blob: bytes) -> None:
+    """A two-class tiny-imagenet-200 tree with one thing wrong (``damage``; ``blob`` where bytes are needed)."""
+    tree = root / "tiny-imagenet-200"
+    (tree / "val" / "images").mkdir(parents=True)
+    wnids = ["n01", "n02"]
+    (tree / "wnids.txt").write_bytes(b"" if damage == "no classes" else "\n".join(wnids).encode())
+    words = "n01\tgoldfish\n" + ("" if damage == "a class without a name" else "n02\tEgyptian cat\n")
+    (tree / "words.txt").write_bytes(blob if damage == "words.txt not text" else words.encode())
+    for wnid in wnids if damage != "no training images" else []:
+        (tree / "train" / wnid / "images").mkdir(parents=True)
+        image = blob if damage == "a training image is not an image" else png(64, 64)
+        (tree / "train" / wnid / "images" / f"{wnid}_0.JPEG").write_bytes(image)
+    (tree / "train").mkdir(exist_ok=True)
+    wnid = "n99" if damage == "a validation image of an unknown class" else "n02"
+    name = "missing.JPEG" if damage == "a validation image that is missing" else "val_0.JPEG"
+    (tree / "val" / "val_annotations.txt").write_text(f"{name}\t{wnid}\t0\t0\t9\t9\n")
+    (tree / "val" / "images" / "val_0.JPEG").write_bytes(
+        png(64, 63) if damage == "wrong size" else png(64, 64)
+    )
+
+
+@EXAMPLES
+@given(
+    damage=st.sampled_from(
+        [
+            "no classes",
+            "a class without a name",
+            "words.txt not text",
+            "no training images",
+            "a training image is not an image",
+            "a validation image of an unknown class",
+            "a validation image that is missing",
+            "wrong size",
+        ]
+    ),
+    blob=st.binary(max_size=24).map(lambda b: b"\xff" + b),
+)
+def test_a_damaged_tiny_imagenet_tree_is_a_user_error(damage, blob, scratch):
+    root = scratch()
+    write_tiny_imagenet(root, damage, blob)
+    rejects(
+        f"tinyimagenet: {damage} {blob!r}",
+        lambda: load_image_dataset("tinyimagenet", root=str(root), cache_dir=str(root / "cache")),
+    )
+
+
 # --------------------------------------------------------------------------- nothing overwritten
 
 
@@ -828,6 +914,15 @@ def snapshot(folder: Path) -> dict[str, str]:
         else "dir"
         for path in sorted(folder.rglob("*"))
     }
+
+
+def rejects_without_writing(capsys, folder: Path, *argv: str, about: str = "") -> None:
+    """``semanticfl ARGV`` is refused (see cli_rejects) and leaves ``folder`` exactly as it was."""
+    before = snapshot(folder)
+    cli_rejects(capsys, *argv, about=about)
+    if snapshot(folder) != before:
+        OUTCOMES[" ".join(["semanticfl", *argv, about])] += "; changed or added files"
+        assert TALLYING, f"semanticfl {' '.join(argv)} changed {folder}"
 
 
 @pytest.fixture(scope="module")
@@ -876,13 +971,10 @@ def test_bad_input_leaves_an_existing_results_folder_byte_identical(
     case, previous_run, capsys, fashion_mnist_available
 ):
     bad, command = case
-    before = snapshot(previous_run)
     out = previous_run / "partition-report"
     extra = {"run": [], "compare": ["--algorithms", "fedavg,fedprox"], "partition": ["--out", str(out)]}
-    cli_rejects(
-        capsys, command, "quickstart", *SMALL, *bad, f"experiment.output_dir={previous_run}", *extra[command]
-    )
-    assert TALLYING or snapshot(previous_run) == before
+    argv = [command, "quickstart", *SMALL, *bad, f"experiment.output_dir={previous_run}", *extra[command]]
+    rejects_without_writing(capsys, previous_run, *argv)
 
 
 @pytest.mark.parametrize("command", ["run", "compare", "partition"])
@@ -890,11 +982,9 @@ def test_an_output_folder_that_is_a_file_is_refused_and_kept(
     command, previous_run, capsys, fashion_mnist_available
 ):
     taken = previous_run / "quickstart-20260101-000000" / "summary.json"
-    before = snapshot(previous_run)
     where = ["--out", str(taken)] if command == "partition" else [f"experiment.output_dir={taken}"]
     algorithms = ["--algorithms", "fedavg"] if command == "compare" else []
-    cli_rejects(capsys, command, "quickstart", *SMALL, *where, *algorithms)
-    assert TALLYING or snapshot(previous_run) == before
+    rejects_without_writing(capsys, previous_run, command, "quickstart", *SMALL, *where, *algorithms)
 
 
 def test_resuming_a_run_with_a_broken_config_changes_nothing(previous_run, capsys):
@@ -908,8 +998,6 @@ def test_resuming_a_run_with_a_broken_config_changes_nothing(previous_run, capsy
             b"[nosuch]\nx = 1\n",
         ):
             (run / "config.toml").write_bytes(broken)
-            before = snapshot(previous_run)
-            cli_rejects(capsys, "run", "--resume", str(run))
-            assert TALLYING or snapshot(previous_run) == before
+            rejects_without_writing(capsys, previous_run, "run", "--resume", str(run), about=repr(broken))
     finally:
         (run / "config.toml").write_bytes(good)
