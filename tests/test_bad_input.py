@@ -63,6 +63,7 @@ EXAMPLES = settings(
 )
 SMALL = ["data.train_fraction=0.02", "partition.num_clients=3", "train.rounds=1"]
 INT64 = (-(2**63), 2**63 - 1)
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -281,9 +282,9 @@ VALID_RANGE: dict[str, Callable[[float], bool]] = {
     "train.rounds": at_least(1),
     "train.local_epochs": at_least(1),
     "train.batch_size": at_least(1),
-    "train.lr": above(0),
-    "train.momentum": at_least(0),
-    "train.weight_decay": at_least(0),
+    "train.lr": lambda v: 0 < v <= FLOAT32_MAX,
+    "train.momentum": lambda v: 0 <= v <= FLOAT32_MAX,
+    "train.weight_decay": lambda v: 0 <= v <= FLOAT32_MAX,
     "train.fraction_fit": fraction,
     "train.min_clients": lambda v: 1 <= v <= PartitionConfig.num_clients,
     "train.client_timeout_s": above(0),

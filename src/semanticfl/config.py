@@ -199,6 +199,8 @@ class Config:
 
 _SECTION_TYPES = get_type_hints(Config)
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+FLOAT32_MAX = 3.4028234663852886e38
+"""Largest step size, momentum or weight decay: the optimiser applies them to float32 weights."""
 MAX_PARALLEL = 1024
 """Most torch threads per client, and most clients trained at once, that a run may ask for."""
 MAX_NAME_BYTES = 200
@@ -313,9 +315,12 @@ def validate(config: Config) -> None:
     _require(t.rounds >= 1, f"train.rounds must be >= 1, got {t.rounds}")
     _require(t.local_epochs >= 1, f"train.local_epochs must be >= 1, got {t.local_epochs}")
     _require(t.batch_size >= 1, f"train.batch_size must be >= 1, got {t.batch_size}")
-    _require(t.lr > 0, f"train.lr must be > 0, got {t.lr}")
-    _require(t.momentum >= 0, f"train.momentum must be >= 0, got {t.momentum}")
-    _require(t.weight_decay >= 0, f"train.weight_decay must be >= 0, got {t.weight_decay}")
+    _require(0 < t.lr <= FLOAT32_MAX, f"train.lr must be > 0 and at most {FLOAT32_MAX:.4g}, got {t.lr}")
+    for key in ("momentum", "weight_decay"):
+        value = getattr(t, key)
+        _require(
+            0 <= value <= FLOAT32_MAX, f"train.{key} must be >= 0 and at most {FLOAT32_MAX:.4g}, got {value}"
+        )
     _require(0 < t.fraction_fit <= 1, f"train.fraction_fit must be in (0, 1], got {t.fraction_fit}")
     _require(t.min_clients >= 1, f"train.min_clients must be >= 1, got {t.min_clients}")
     _require(
