@@ -55,7 +55,7 @@ OUTCOMES: dict[str, str] = {}
 """Every input tried (by description) → "user_error", "accepted" or "crash: <exception type>"."""
 
 EXAMPLES = settings(
-    max_examples=100,
+    max_examples=60,
     deadline=None,
     derandomize=True,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
