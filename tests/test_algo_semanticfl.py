@@ -50,7 +50,10 @@ def test_modes_ask_for_what_they_use():
     (target,) = local.feature_requests()
     assert target.name == TARGET and target.prompts == ("",)  # null prompt: no label needed
     assert [r.name for r in local.anchor_requests()] == [TEXT]
-    assert build_algorithm("semanticfl", {**SMALL, "mode": "offload"}, SETUP).uploads[-1] == "noised latents (once)"
+    assert local.offload_requests() == ()
+    offload = build_algorithm("semanticfl", {**SMALL, "mode": "offload"}, SETUP)
+    assert offload.uploads[-1] == "noised latents (once)"
+    assert offload.feature_requests() == () and offload.offload_requests() == (target,)
 
 
 @pytest.mark.parametrize(

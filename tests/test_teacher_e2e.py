@@ -105,6 +105,31 @@ def test_semanticfl_anchors_mode_clients_send_only_model_arrays_and_metrics(tmp_
     assert len({json.dumps(m["records"]["model"]["arrays"], sort_keys=True) for m in train}) == 1
 
 
+def test_semanticfl_offload_mode_exchanges_noised_latents_once(tmp_path, tiny_sd, env):
+    out = tmp_path / "runs"
+    done = semanticfl("run", "quickstart", *TINY, f"teacher.path={tiny_sd}", *SEMANTICFL,
+                      "algorithm.semanticfl.mode=offload", "engine.audit=true", f"experiment.output_dir={out}",
+                      cwd=tmp_path, env=env)
+    assert done.returncode == 0, done.stderr
+    run_dir = run_dirs(out)[0]
+    audit = read_audit(run_dir / "messages.jsonl")
+    sent = [m for m in audit if m["type"] == "query.offload"]
+    assert len(sent) == 3 and len([m for m in audit if m["type"] == "query.offloaded"]) == 3
+    sizes = []
+    for message in sent:
+        (name, spec), = message["records"]["extra"]["arrays"].items()
+        assert name == "semanticfl.target.noised" and spec["dtype"] == "float16"
+        draws, n, channels, height, width = spec["shape"]  # the tiny SD: 4 latent channels, 32 px / 4
+        assert (draws, channels, height, width) == (1, 4, 8, 8)
+        sizes.append(n)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["offload_bytes_up_per_client"] == pytest.approx(sum(sizes) / 3 * 4 * 8 * 8 * 2)
+    # the features come back once: 4 + 16 + 16 fused dims, float16
+    assert summary["offload_bytes_down_per_client"] == pytest.approx(sum(sizes) / 3 * 36 * 2)
+    train = [m for m in audit if m["type"] == "train"]
+    assert len(train) == 2 * 3 and all(m["records"]["extra"]["arrays"] == {} for m in train)
+
+
 def test_missing_stable_diffusion_weights_is_a_one_line_error(tmp_path, env):
     done = semanticfl("run", "quickstart", *TINY, f"teacher.path={tmp_path / 'nope'}", *FEDDIFRC,
                       cwd=tmp_path, env=env)

@@ -146,6 +146,20 @@ def test_injected_encodings_condition_each_image_alone(teacher: DiffusionTeacher
     assert not torch.allclose(other["up3"][4], conditioned["up3"][4])
 
 
+def test_offloaded_features_are_the_local_ones_but_for_the_noised_latent(
+    teacher: DiffusionTeacher, images: torch.Tensor
+) -> None:
+    two_draws = variant(teacher, noise_draws=2)
+    noised = two_draws.noised_latents(images, IDS)  # what the client sends
+    assert noised.shape == (2, 5, *two_draws.latents(images, IDS).shape[1:])
+    server = two_draws.features_of_noised(noised, NULL_PROMPT)
+    local = two_draws.features(images, IDS, [NULL_PROMPT])
+    for key in ("up1", "up2", "up3"):
+        torch.testing.assert_close(server[key], local[key], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(server["latent"], noised.mean(dim=0))
+    assert not torch.allclose(server["latent"], local["latent"])  # the clean latent stays on the client
+
+
 def test_more_prompts_than_batch_rows(teacher: DiffusionTeacher, images: torch.Tensor) -> None:
     wide = teacher.features_per_prompt(images[:2], IDS[:2], PROMPTS)
     assert_same(variant(teacher, batch_size=2).features_per_prompt(images[:2], IDS[:2], PROMPTS), wide)

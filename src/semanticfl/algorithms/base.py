@@ -199,6 +199,11 @@ class Algorithm:
         """Per-sample teacher features this algorithm reads from ``Batch.targets`` (none here)."""
         return ()
 
+    def offload_requests(self) -> tuple[FeatureRequest, ...]:
+        """Per-sample teacher features split between client (VAE + noise) and server (U-Net), read
+        from ``Batch.targets`` like :meth:`feature_requests` (none here; see engine/offload.py)."""
+        return ()
+
     def anchor_requests(self) -> tuple[AnchorRequest, ...]:
         """Class-level teacher features the server computes once (none here)."""
         return ()

@@ -27,10 +27,10 @@ images the server encodes, so the choice is explicit:
 * ``local``: every client runs the teacher on its own data once (FedDifRC's deployment); ``T_i`` =
   the sample's own fused features under the null prompt.
 * ``offload``: like ``local``, but the client runs only the VAE encoder, adds noise at ``t`` and
-  sends the noised latents once; the server runs the U-Net and returns per-sample features.
-  In this implementation the engine computes these per-sample features through the feature
-  store exactly as the server would from the noised latents (same teacher, noise and seed); the
-  one-time upload is ``N × latent size`` per client (see docs/ALGORITHMS.md).
+  sends the noised latents once (float16, ``draws × N × latent size``); the server runs the U-Net
+  and returns the per-sample fused features (engine/offload.py). The clean latent never leaves
+  the client, so the ``latent`` layer of ``T_i`` is the noised latent -- the one difference from
+  ``local``.
 
 Choices made where the paper is silent, all configurable: KL over unit-normalised features with
 ``τ_kd = 0.05`` (a softmax over a raw unit vector is near-uniform and gives a vanishing KL); GAP +
@@ -122,11 +122,19 @@ class SemanticFL(TeacherGuided):
     def class_prompts(self) -> tuple[str, ...]:
         return tuple(class_prompts(self.setup.class_names, self.params.template))
 
-    def feature_requests(self) -> tuple[FeatureRequest, ...]:
-        """Per-sample targets (null prompt: no label leaves the client) in ``local``/``offload``."""
-        if self.params.mode == "anchors" or not self.params.lambda_kd:
+    def per_sample_request(self, mode: str) -> tuple[FeatureRequest, ...]:
+        """The per-sample target (null prompt: no label leaves the client) if ``mode`` is the mode."""
+        if self.params.mode != mode or not self.params.lambda_kd:
             return ()
         return (self.feature_request(TARGET, (NULL_PROMPT,)),)
+
+    def feature_requests(self) -> tuple[FeatureRequest, ...]:
+        """``local``: each sample's teacher features, extracted from the client's own data."""
+        return self.per_sample_request("local")
+
+    def offload_requests(self) -> tuple[FeatureRequest, ...]:
+        """``offload``: the same target, from the client's noised latents through the server's U-Net."""
+        return self.per_sample_request("offload")
 
     def anchor_requests(self) -> tuple[AnchorRequest, ...]:
         """Class text embeddings always; class anchors in ``anchors`` mode."""

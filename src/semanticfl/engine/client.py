@@ -20,7 +20,7 @@ from flwr.clientapp import ClientApp
 
 from semanticfl.algorithms.base import Arrays, ClientTask, ClientUpdate, load_arrays
 from semanticfl.config import FaultsConfig
-from semanticfl.engine import records
+from semanticfl.engine import offload, records
 from semanticfl.engine.client_state import ClientStateStore
 from semanticfl.engine.experiment import Experiment, derive_seed, experiment_for
 from semanticfl.errors import UserError
@@ -57,6 +57,22 @@ def identify(message: Message, context: Context) -> Message:
     return Message(RecordDict({records.METRICS: metrics}), reply_to=message)
 
 
+@client_app.query("offload")
+def send_noised_latents(message: Message, context: Context) -> Message:
+    """SemanticFL ``offload``: this client's VAE latents noised to ``t`` (see engine/offload.py)."""
+    experiment = _experiment(message)
+    partition_id = partition_id_of(context)
+    content = RecordDict({records.EXTRA: records.to_record(offload.noised_latents(experiment, partition_id))})
+    return Message(content, reply_to=message)
+
+
+@client_app.query("offloaded")
+def keep_offloaded_features(message: Message, context: Context) -> Message:
+    """Keep the features the server computed from this client's noised latents in the node state."""
+    context.state[offload.STATE] = message.content[records.PAYLOAD]
+    return offload.acknowledge(partition_id_of(context), message)
+
+
 @client_app.train()
 def train(message: Message, context: Context) -> Message:
     """Local training from the global model; replies with the update and its metrics."""
@@ -76,7 +92,9 @@ def train(message: Message, context: Context) -> Message:
         payload=records.from_record(message.content[records.PAYLOAD]),
         state=load_state(context, store, partition_id, round_number),
     )
-    update = local_update(experiment, partition_id, records.from_record(message.content[records.MODEL]), task)
+    offloaded = records.from_record(context.state[offload.STATE]) if offload.STATE in context.state else None
+    global_arrays = records.from_record(message.content[records.MODEL])
+    update = local_update(experiment, partition_id, global_arrays, task, offloaded)
     save_state(context, store, partition_id, round_number, task.state)
     if fault == "nan":
         poison(update.arrays)
@@ -97,15 +115,22 @@ def train(message: Message, context: Context) -> Message:
     return Message(content, reply_to=message)
 
 
-def local_update(experiment: Experiment, partition_id: int, global_arrays: Arrays, task: ClientTask) -> ClientUpdate:
-    """One client's local training from ``global_arrays``; every random draw is seeded by
-    (seed, round, client), so the same inputs give the same update in any process."""
+def local_update(
+    experiment: Experiment,
+    partition_id: int,
+    global_arrays: Arrays,
+    task: ClientTask,
+    offloaded: Arrays | None = None,
+) -> ClientUpdate:
+    """One client's local training from ``global_arrays`` (with the teacher features the server
+    computed for it in ``offload`` mode); every random draw is seeded by (seed, round, client), so
+    the same inputs give the same update in any process."""
     model = experiment.build_model()
     load_arrays(model, global_arrays)
     torch.manual_seed(derive_seed(experiment.config.experiment.seed, task.round, partition_id, 1))
     return experiment.algorithm.local_train(
         model,
-        experiment.client_data(partition_id),
+        experiment.client_data(partition_id, offloaded),
         task,
         experiment.local_settings(),
         experiment.client_generator(task.round, partition_id),
@@ -144,7 +169,9 @@ def state_store(message: Message, context: Context, experiment: Experiment) -> C
     return ClientStateStore(Path(str(folder)), keep=experiment.config.engine.keep_checkpoints + 1)
 
 
-def load_state(context: Context, store: ClientStateStore | None, partition_id: int, round_number: int) -> Arrays:
+def load_state(
+    context: Context, store: ClientStateStore | None, partition_id: int, round_number: int
+) -> Arrays:
     """The newest state from before ``round_number``: the Context's, else the disk's."""
     if records.STATE in context.state:
         saved_round = int(context.state[records.STATE_ROUND]["round"])

@@ -19,11 +19,12 @@ import torch
 from torch import nn
 
 from semanticfl.algorithms import Algorithm, AlgorithmSetup, build_algorithm
-from semanticfl.algorithms.base import LocalData, LocalSettings
+from semanticfl.algorithms.base import Arrays, LocalData, LocalSettings, TargetReader
 from semanticfl.config import Config, config_from_dict
 from semanticfl.data.datasets import ImageDataset, images_to_tensor, load_image_dataset
 from semanticfl.data.partition import PartitionSpec, partition_indices
 from semanticfl.data.transforms import BatchTransform
+from semanticfl.engine.offload import offloaded_reader
 from semanticfl.engine.teacher_targets import TeacherTargets
 from semanticfl.errors import UserError
 from semanticfl.models import build_model
@@ -93,8 +94,9 @@ class Experiment:
     def eval_transform(self) -> BatchTransform:
         return BatchTransform(self.dataset.spec, train=False)
 
-    def client_data(self, partition_id: int) -> LocalData | Any:
-        """Client ``partition_id``'s training data as in-memory tensors (or the algorithm's own form)."""
+    def client_data(self, partition_id: int, offloaded: Arrays | None = None) -> LocalData | Any:
+        """Client ``partition_id``'s training data as in-memory tensors (or the algorithm's own form);
+        ``offloaded``: the teacher features the server computed for it (``offload`` requests)."""
         self.check_partition_id(partition_id)
         own = self.algorithm.client_data(partition_id)
         if own is not None:
@@ -106,13 +108,19 @@ class Experiment:
             images=images_to_tensor(self.dataset.train_images, index),
             labels=torch.from_numpy(np.array(self.dataset.train_labels[index], dtype=np.int64)),
             transform=self.train_transform(),
-            targets=self.teacher_targets.reader(index) if requests else None,
+            targets=self.target_reader(index, offloaded),
             conditioned_targets=(
                 self.teacher_targets.conditioned_extractor(index, self.eval_transform())
                 if conditioned
                 else None
             ),
         )
+
+    def target_reader(self, index: np.ndarray, offloaded: Arrays | None) -> TargetReader | None:
+        """Per-sample teacher targets: from the feature store, or offloaded to the server."""
+        if self.algorithm.offload_requests():
+            return offloaded_reader(offloaded)
+        return self.teacher_targets.reader(index) if self.algorithm.feature_requests() else None
 
     @cached_property
     def teacher_targets(self) -> TeacherTargets:

@@ -25,7 +25,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
 from semanticfl.algorithms.base import Arrays, ClientUpdate, load_arrays
-from semanticfl.engine import records
+from semanticfl.engine import offload, records
 from semanticfl.engine.audit import AuditingGrid
 from semanticfl.engine.checkpoint import load_latest_checkpoint, save_checkpoint
 from semanticfl.engine.experiment import Experiment, derive_seed
@@ -78,6 +78,7 @@ class FederatedServer:
         self.global_arrays: Arrays = state_to_numpy(self.eval_model)
         self.rounds: list[dict[str, Any]] = []
         self.start_round = 1
+        self.offload = offload.OffloadStats()
         simulated = self.config.engine.backend == "simulation"
         self.client_state_dir = str(run_dir.path.resolve() / "client-state") if simulated else ""
 
@@ -108,6 +109,9 @@ class FederatedServer:
         if self.config.engine.audit:
             grid = AuditingGrid(grid, self.run_dir.path / AUDIT_FILE)
         nodes = self.discover_nodes(grid)
+        if self.algorithm.offload_requests():
+            timeout = self.config.train.client_timeout_s
+            self.offload = offload.exchange(grid, nodes, lambda: self._content(0), self.experiment, timeout)
         with RoundReporter(total, self.start_round, self.config.experiment.name) as reporter:
             for round_number in range(self.start_round, last + 1):
                 record = self.run_round(grid, nodes, round_number)
@@ -276,7 +280,9 @@ class FederatedServer:
     def federated_evaluation(self, grid: Grid, nodes: dict[int, int], round_number: int) -> dict[str, Any]:
         """Mean accuracy of the global model on sampled clients' local data."""
         selected = sample_clients(
-            self.config.experiment.seed + 1, round_number, self.config.partition.num_clients,
+            self.config.experiment.seed + 1,
+            round_number,
+            self.config.partition.num_clients,
             self.config.eval.fraction_evaluate,
         )
         model_record = records.to_record(self.global_arrays)
@@ -332,6 +338,7 @@ class FederatedServer:
             "run_dir": str(self.run_dir.path),
             "complete": len(self.rounds) == self.config.train.rounds,
             **summarize(self.rounds, self.config.eval.target_accuracy),
+            **self.offload.summary(),
             **self.algorithm.summary(self.rounds),
         }
         self.run_dir.write_summary(summary)

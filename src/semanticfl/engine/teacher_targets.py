@@ -224,6 +224,11 @@ class RequestExtractor:
             out = out[:, 0] if p == 1 else out
         return out.numpy().astype(np.float16)
 
+    def fused_of_noised(self, noised: torch.Tensor) -> np.ndarray:
+        """N×D float16 unit vectors from a client's noised latents (D×N×C×h×w), the request's one prompt."""
+        raw = self.teacher.features_of_noised(noised, self.request.prompts[0])
+        return self.reducer.transform(raw)[FUSED].numpy().astype(np.float16)
+
 
 class TeacherTargets:
     """Feature-store entries for every request of an experiment's algorithm."""

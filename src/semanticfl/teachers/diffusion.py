@@ -244,8 +244,19 @@ class DiffusionTeacher:
         """Row r = image ``image_of_row[r]`` conditioned on prompt ``prompt_of_row[r]`` (plus, if given,
         the image's ``condition`` token appended to the prompt's tokens): its up-block features
         averaged over the noise draws, at most ``batch_size`` rows per U-Net call."""
-        draws = self.settings.noise_draws
-        noisy = [self.noised(latents, sample_ids, draw) for draw in range(draws)]
+        noisy = [self.noised(latents, sample_ids, draw) for draw in range(self.settings.noise_draws)]
+        return self._up_features_of_noisy(noisy, states, image_of_row, prompt_of_row, condition)
+
+    def _up_features_of_noisy(
+        self,
+        noisy: list[Tensor],
+        states: tuple[Tensor, Tensor],
+        image_of_row: Tensor,
+        prompt_of_row: Tensor,
+        condition: Tensor | None = None,
+    ) -> dict[str, Tensor]:
+        """:meth:`_up_features` from already-noised latents, one N×C×h×w tensor per draw."""
+        draws = len(noisy)
         tokens, mask = states
         parts = []
         for rows in _chunks(len(image_of_row), self.settings.batch_size):
@@ -256,6 +267,35 @@ class DiffusionTeacher:
                 row_mask = torch.cat([row_mask, row_mask.new_ones(len(images), 1)], dim=1)
             outs = [self.up_block_features(x[images], row_tokens, row_mask) for x in noisy]
             parts.append({f"up{i}": (sum(out[i] for out in outs) / draws).cpu() for i in outs[0]})
+        return _concat(parts)
+
+    @torch.inference_mode()
+    def noised_latents(self, images: Tensor, sample_ids: Tensor) -> Tensor:
+        """What a client computes and sends in SemanticFL's ``offload`` mode: its images' latents
+        noised to ``settings.timestep``, one per noise draw (D×N×C×h×w, float32, CPU). Only the VAE
+        encoder and the scheduler run; the clean latents stay with the caller."""
+        _check_batch(images, sample_ids)
+        parts = []
+        for chunk in _chunks(len(images), self.settings.batch_size):
+            ids = sample_ids[chunk]
+            latents = self._encode(self.prepare(images[chunk]), ids)
+            parts.append(
+                torch.stack([self.noised(latents, ids, d) for d in range(self.settings.noise_draws)])
+            )
+        return torch.cat(parts, dim=1).float().cpu()
+
+    @torch.inference_mode()
+    def features_of_noised(self, noised: Tensor, prompt: str) -> dict[str, Tensor]:
+        """What the server computes from a client's :meth:`noised_latents` (D×N×C×h×w):
+        ``{"latent": the noised latents averaged over the draws, "up{i}": …}``. The clean latent is
+        never seen, so the ``latent`` layer is the noised one (the only difference from :meth:`features`)."""
+        states = self._prompt_states([prompt])
+        parts = []
+        for chunk in _chunks(noised.shape[1], self.settings.batch_size):
+            noisy = [draw[chunk].to(self.device, self.dtype) for draw in noised]
+            rows = torch.arange(len(noisy[0]))
+            part = self._up_features_of_noisy(noisy, states, rows, torch.zeros_like(rows))
+            parts.append({"latent": noised[:, chunk].float().mean(dim=0), **part})
         return _concat(parts)
 
     @torch.inference_mode()
