@@ -67,41 +67,54 @@ def throughput(args: argparse.Namespace) -> None:
 def epoch_seconds(experiment: Experiment, data: LocalData, repeats: int) -> float:
     """Best of ``repeats`` local epochs (one warm-up) of the experiment's algorithm on ``data``."""
     algorithm, settings = experiment.algorithm, experiment.local_settings()
+    if algorithm.anchor_requests():
+        algorithm.receive_anchors(experiment.teacher_targets.anchors())
+    task = ClientTask(round=1, payload=algorithm.server_payload({}, 1))
     times = []
     for attempt in range(repeats + 1):
         model = experiment.build_model()
         started = time.perf_counter()
-        algorithm.local_train(model, data, ClientTask(round=1), settings, torch.Generator().manual_seed(attempt))
+        algorithm.local_train(model, data, task, settings, torch.Generator().manual_seed(attempt))
         times.append(time.perf_counter() - started)
     return min(times[1:])
 
 
 def epoch(args: argparse.Namespace) -> None:
     """One client's epoch: FedAvg, FedDifRC reading the memory-mapped store, FedDifRC with the same
-    targets already in RAM. Ratios isolate the cost of the cache reads and of the two loss terms."""
+    targets already in RAM, SemanticFL in ``anchors`` and ``local`` mode. Ratios isolate the cost of
+    the cache reads and of the extra loss terms."""
     torch.set_num_threads(1)  # one client per core, as in simulation
-    overrides = [
+    common = [
         "data.server_holdout=10000", f"teacher.path={args.teacher}", "partition.num_clients=10",
-        "partition.scheme=iid", f"data.train_fraction={args.fraction}", "algorithm.feddifrc.layer_dims=[128,128,64]",
-        "algorithm.name=feddifrc", f"teacher.cache_dir={args.cache}",
+        "partition.scheme=iid", f"data.train_fraction={args.fraction}", f"teacher.cache_dir={args.cache}",
+        "algorithm.feddifrc.layer_dims=[128,128,64]", "algorithm.semanticfl.layer_dims=[32,128,128,64]",
     ]
-    difrc = Experiment(load_config("cifar10_cnn", overrides))
-    fedavg = Experiment(load_config("cifar10_cnn", [*overrides[:-2], "algorithm.name=fedavg"]))
+
+    def experiment(*overrides: str) -> Experiment:
+        return Experiment(load_config("cifar10_cnn", [*common, *overrides]))
+
+    difrc = experiment("algorithm.name=feddifrc")
+    fedavg = experiment("algorithm.name=fedavg")
     cached = difrc.client_data(0)
     rows = np.arange(len(cached))
     in_ram = dataclasses.replace(cached, targets=_in_memory(cached.targets(rows)))
-    plain = fedavg.client_data(0)
-    t_fedavg = epoch_seconds(fedavg, plain, args.repeats)
+    t_fedavg = epoch_seconds(fedavg, fedavg.client_data(0), args.repeats)
     t_cached = epoch_seconds(difrc, cached, args.repeats)
     t_ram = epoch_seconds(difrc, in_ram, args.repeats)
+    semanticfl = {}
+    for mode in ("anchors", "local"):
+        run = experiment("algorithm.name=semanticfl", f"algorithm.semanticfl.mode={mode}")
+        semanticfl[f"semanticfl_{mode}_s"] = epoch_seconds(run, run.client_data(0), args.repeats)
     record("teacher_epoch", {
         "samples": len(cached),
         "train_fraction": args.fraction,
         "fedavg_s": t_fedavg,
         "feddifrc_cached_s": t_cached,
         "feddifrc_in_ram_s": t_ram,
+        **semanticfl,
         "cached_over_in_ram": t_cached / t_ram,
         "feddifrc_cached_over_fedavg": t_cached / t_fedavg,
+        **{name.replace("_s", "_over_fedavg"): value / t_fedavg for name, value in semanticfl.items()},
     })
 
 
