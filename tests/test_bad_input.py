@@ -52,7 +52,8 @@ from semanticfl.models import model_names
 TALLY_ENV = "SEMANTICFL_BAD_INPUT_TALLY"
 TALLYING = bool(os.environ.get(TALLY_ENV))
 OUTCOMES: dict[str, str] = {}
-"""Every input tried (by description) → "user_error", "accepted" or "crash: <exception type>"."""
+"""Every input tried (by description) → how it ended: "user_error", "accepted", "accepted: bad input",
+"user_error: on several lines" or "crash: <exception type>", plus "; changed or added files"."""
 
 EXAMPLES = settings(
     max_examples=60,
