@@ -367,6 +367,17 @@ def test_impossible_strings_and_seeds_are_rejected_when_loading(override):
     rejects(override, lambda: load_config("quickstart", [override]))
 
 
+def test_min_clients_above_the_clients_a_round_samples_is_rejected():
+    rejects(
+        "fraction_fit 0.1 of 10 clients, min_clients 2",
+        lambda: load_config("quickstart", ["train.fraction_fit=0.1", "train.min_clients=2"]),
+    )
+    accepts(
+        "fraction_fit 0.3 of 10 clients, min_clients 3",
+        lambda: load_config("quickstart", ["train.fraction_fit=0.3", "train.min_clients=3"]),
+    )
+
+
 @EXAMPLES
 @given(
     key=st.sampled_from(

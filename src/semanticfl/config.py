@@ -327,6 +327,13 @@ def validate(config: Config) -> None:
         t.min_clients <= p.num_clients,
         f"train.min_clients ({t.min_clients}) exceeds partition.num_clients ({p.num_clients})",
     )
+    per_round = clients_per_round(t.fraction_fit, p.num_clients)
+    _require(
+        t.min_clients <= per_round,
+        f"train.min_clients ({t.min_clients}) exceeds the {per_round} client(s) a round samples "
+        f"(train.fraction_fit × partition.num_clients, rounded up), so no round could finish; "
+        f"lower train.min_clients or raise train.fraction_fit",
+    )
     _require(t.client_timeout_s > 0, f"train.client_timeout_s must be > 0, got {t.client_timeout_s}")
     _require(e.every >= 1, f"eval.every must be >= 1, got {e.every}")
     _require(e.batch_size >= 1, f"eval.batch_size must be >= 1, got {e.batch_size}")
@@ -365,6 +372,11 @@ def validate(config: Config) -> None:
     _require(config.data.holdout_seed >= 0, f"data.holdout_seed must be >= 0, got {config.data.holdout_seed}")
     _validate_teacher(config.teacher)
     _validate_faults(config.faults, p.num_clients)
+
+
+def clients_per_round(fraction: float, num_clients: int) -> int:
+    """How many clients a round samples: ``ceil(fraction · num_clients)``, at least one."""
+    return max(1, math.ceil(fraction * num_clients))
 
 
 def _validate_name(name: str) -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import os
 import re
 import time
@@ -25,6 +24,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
 from semanticfl.algorithms.base import Arrays, ClientUpdate, load_arrays
+from semanticfl.config import clients_per_round
 from semanticfl.engine import offload, records
 from semanticfl.engine.audit import AuditingGrid
 from semanticfl.engine.checkpoint import load_latest_checkpoint, save_checkpoint
@@ -55,7 +55,7 @@ class RoundOutcome:
 
 def sample_clients(seed: int, round_number: int, num_clients: int, fraction: float) -> list[int]:
     """The round's participants: ``ceil(fraction · N)`` partition ids, seeded by the round."""
-    count = max(1, math.ceil(fraction * num_clients))
+    count = clients_per_round(fraction, num_clients)
     rng = np.random.default_rng(derive_seed(seed, round_number, _SAMPLING_STREAM))
     return sorted(int(i) for i in rng.choice(num_clients, size=count, replace=False))
 
