@@ -404,6 +404,12 @@ def quickstart_inputs(overrides: list[str]) -> None:
     check_inputs(Experiment(load_config("quickstart", [*SMALL, *overrides])))
 
 
+def test_a_data_root_that_is_a_file_is_named_as_such(tmp_path, fashion_mnist_available):
+    (tmp_path / "data").write_text("not a folder")
+    message = rejects("data.root=<a file>", lambda: quickstart_inputs([f"data.root={tmp_path / 'data'}"]))
+    assert TALLYING or "is a file, not a folder" in message
+
+
 def test_a_device_this_machine_lacks_is_a_user_error(fashion_mnist_available):
     import torch
 

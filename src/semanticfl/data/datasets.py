@@ -270,7 +270,8 @@ def _user_root(root: str | os.PathLike | None) -> Path | None:
     path = Path(chosen).expanduser().resolve()
     if not path.is_dir():
         origin = "the data root argument" if root not in (None, "") else f"${DATA_ENV}"
-        raise UserError(f"data folder {path} (from {origin}) does not exist; create it or point it at your data")
+        state = "is a file, not a folder" if path.exists() else "does not exist"
+        raise UserError(f"data folder {path} (from {origin}) {state}; create it or point it at your data")
     return path
 
 
