@@ -24,7 +24,8 @@ from helpers import (
 
 from semanticfl.engine.checkpoint import checkpoint_path, load_latest_checkpoint
 
-pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("fashion_mnist_available")]
+# Three runs per test (uninterrupted, killed, resumed): several minutes each on 2 busy cores.
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("fashion_mnist_available"), pytest.mark.timeout(1200)]
 
 ROUNDS = 4
 SMALL = [

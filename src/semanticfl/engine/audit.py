@@ -25,7 +25,8 @@ def describe_record(record: Any) -> dict[str, Any]:
         }
         return {"kind": "arrays", "arrays": arrays}
     if isinstance(record, MetricRecord):
-        return {"kind": "metrics", "keys": sorted(record.keys())}
+        lists = {key: len(value) for key, value in record.items() if isinstance(value, list)}
+        return {"kind": "metrics", "keys": sorted(record.keys()), "list_lengths": lists}
     if isinstance(record, ConfigRecord):
         return {"kind": "config", "keys": sorted(record.keys())}
     return {"kind": type(record).__name__}
@@ -64,3 +65,13 @@ class AuditingGrid:
 
 def read_audit(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def array_bytes(line: dict[str, Any]) -> int:
+    """Bytes of every array one audited reply carried (what the wire carries, less framing)."""
+    return sum(
+        array["bytes"]
+        for record in line.get("records", {}).values()
+        if record["kind"] == "arrays"
+        for array in record["arrays"].values()
+    )
