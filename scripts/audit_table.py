@@ -31,8 +31,7 @@ def audit_row(run_dir: Path) -> str:
     train = [m for m in read_audit(run_dir / "messages.jsonl") if m["type"] == "train" and "records" in m]
     rounds = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     records = train[0]["records"]
-    extras = records.get("extra", {}).get("arrays", {})
-    extra_text = ", ".join(f"`{k}` {tuple(a['shape'])}" for k, a in extras.items()) or "—"
+    extra_text = describe_extras(records.get("extra", {}).get("arrays", {}), records.get("model", {}).get("arrays", {}))
     metrics = sorted(set(records.get("metrics", {}).get("keys", [])) - COMMON_METRICS)
     up = sum(r["bytes_up_per_client"] for r in rounds) / len(rounds)
     down = sum(r["bytes_down_per_client"] for r in rounds) / len(rounds)
@@ -42,6 +41,15 @@ def audit_row(run_dir: Path) -> str:
         f"| {len(records.get('model', {}).get('arrays', {}))} | {extra_text} | {', '.join(metrics) or '—'} "
         f"| {up:,.0f} | {wire:,.0f} | {down:,.0f} |"
     )
+
+
+def describe_extras(extras: dict, model: dict) -> str:
+    """Extra arrays with their shapes; those that mirror model arrays (names and shapes) in one phrase."""
+    mirrored = [k for k, a in extras.items() if k in model and model[k]["shape"] == a["shape"]]
+    own = [f"`{k}` {tuple(a['shape'])}" for k, a in extras.items() if k not in mirrored]
+    if mirrored:
+        own.insert(0, f"{len(mirrored)} arrays named and shaped like model arrays")
+    return ", ".join(own) or "—"
 
 
 def main(folders: list[str]) -> None:
