@@ -26,13 +26,14 @@ COMMON_METRICS = {"fit_time_s", "local_steps", "num_examples", "partition_id", "
 
 
 def audit_row(run_dir: Path) -> str:
-    """One table row for an audited run directory."""
+    """One table row for an audited run directory (extras and metric keys over all its clients)."""
     algorithm = tomllib.loads((run_dir / "config.toml").read_text())["algorithm"]["name"]
     train = [m for m in read_audit(run_dir / "messages.jsonl") if m["type"] == "train" and "records" in m]
     rounds = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     records = train[0]["records"]
-    extra_text = describe_extras(records.get("extra", {}).get("arrays", {}), records.get("model", {}).get("arrays", {}))
-    metrics = sorted(set(records.get("metrics", {}).get("keys", [])) - COMMON_METRICS)
+    extras = {k: a for m in train for k, a in m["records"].get("extra", {}).get("arrays", {}).items()}
+    extra_text = describe_extras(extras, records.get("model", {}).get("arrays", {}))
+    metrics = sorted({k for m in train for k in m["records"].get("metrics", {}).get("keys", [])} - COMMON_METRICS)
     up = sum(r["bytes_up_per_client"] for r in rounds) / len(rounds)
     down = sum(r["bytes_down_per_client"] for r in rounds) / len(rounds)
     wire = sum(array_bytes(m) for m in train) / len(train)
