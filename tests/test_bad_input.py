@@ -39,7 +39,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from semanticfl.algorithms import ALGORITHMS
+from semanticfl.algorithms import ALGORITHMS, check_algorithm_tables
 from semanticfl.cli.main import main
 from semanticfl.cli.runs import check_inputs
 from semanticfl.config import Config, PartitionConfig, config_from_dict, load_config
@@ -257,6 +257,25 @@ def algorithm_of(config: dict[str, Any]) -> None:
     """What a run checks of the config's algorithm tables before it starts (small data, FedAvg)."""
     small = {"data": {"train_fraction": 0.02}, "partition": {"num_clients": 3}}
     check_inputs(Experiment(config_from_dict({**small, **config})))
+
+
+ALGORITHM_NUMBERS = [(name, key, t) for name, key, t in algorithm_fields() if t in (int, float)]
+
+
+@EXAMPLES
+@given(data=st.data())
+def test_any_number_for_an_algorithm_hyperparameter_is_accepted_or_refused_at_once(data):
+    name, key, annotation = data.draw(st.sampled_from(ALGORITHM_NUMBERS))
+    value = data.draw(numbers_for(annotation))
+    tables = {name: {key: value}}
+    loads_or_rejects(f"[algorithm.{name}] {key} = {value!r}", lambda: check_algorithm_tables(tables))
+
+
+def test_fedcda_with_a_huge_search_is_refused_at_once():
+    tables = {"fedcda": {"memory_size": 2**62, "batch_size": 2**62}}
+    assert "combinations" in rejects(
+        "fedcda memory_size=batch_size=2**62", lambda: check_algorithm_tables(tables)
+    )
 
 
 def at_least(low: float) -> Callable[[float], bool]:

@@ -105,7 +105,9 @@ class FedCDAParams:
             raise UserError(f"algorithm.fedcda.batch_size must be >= 1, got {self.batch_size}")
         if self.sweeps < 1:
             raise UserError(f"algorithm.fedcda.sweeps must be >= 1, got {self.sweeps}")
-        if self.memory_size**self.batch_size > MAX_COMBINATIONS:
+        # for m >= 2, m ** b is past the bound once b reaches its bit length; a huge b would never finish
+        exponent = min(self.batch_size, MAX_COMBINATIONS.bit_length())
+        if self.memory_size > 1 and self.memory_size**exponent > MAX_COMBINATIONS:
             raise UserError(
                 f"algorithm.fedcda.memory_size ** batch_size = {self.memory_size}**{self.batch_size} "
                 f"exceeds {MAX_COMBINATIONS} combinations per batch; lower batch_size"
