@@ -157,6 +157,11 @@ class Processes:
                 return None
         return proc.returncode
 
+    def stop_all(self) -> None:
+        """Stop every process still running, the last started first (SuperNodes before the SuperLink)."""
+        for name in reversed(self.procs):
+            self.stop(name)
+
     def kill(self, name: str) -> None:
         """SIGKILL the process and its children at once (a crash, not a shutdown)."""
         proc = self.procs[name]

@@ -217,9 +217,7 @@ def test_killed_supernodes_are_survived_then_stop_the_run_cleanly(tmp_path):
         procs.kill("supernode1")
         assert run.wait(timeout=400) == 1, log.read_text()[-3000:] + procs.log("superlink")
     finally:
-        for name in ["supernode0", "superlink"]:
-            if name in procs.procs:
-                procs.stop(name)
+        procs.stop_all()
     assert log.read_text().strip().splitlines()[-1] == (
         "semanticfl: run stopped: round 3: only 1 of 3 clients returned a usable update "
         f"(train.min_clients=2); the run stopped, resume it with: semanticfl run --resume {run_dir}"

@@ -109,9 +109,7 @@ def secure_link(tmp_path_factory):
             )
         yield {"port": port, "files": files, "procs": procs, "folder": folder, "cli_home": cli_home}
     finally:
-        for name in [*NODES, "superlink"]:
-            if name in procs.procs:
-                procs.stop(name)
+        procs.stop_all()
 
 
 def test_a_run_completes_over_tls_with_authenticated_supernodes(secure_link, tmp_path):
