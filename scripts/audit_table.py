@@ -14,8 +14,9 @@ import sys
 import tomllib
 from pathlib import Path
 
-from semanticfl.algorithms import get_algorithm_class
+from semanticfl.config import config_from_dict
 from semanticfl.engine.audit import array_bytes, read_audit
+from semanticfl.engine.experiment import Experiment
 
 HEADER = (
     "| algorithm | declared uploads | model arrays | extra arrays (shape) | metrics beyond the common ones "
@@ -26,8 +27,10 @@ COMMON_METRICS = {"fit_time_s", "local_steps", "num_examples", "partition_id", "
 
 
 def audit_row(run_dir: Path) -> str:
-    """One table row for an audited run directory (extras and metric keys over all its clients)."""
-    algorithm = tomllib.loads((run_dir / "config.toml").read_text())["algorithm"]["name"]
+    """One table row for an audited run directory (extras and metric keys over all its clients; the
+    declared uploads of the algorithm as configured, e.g. SemanticFL's depend on its mode)."""
+    experiment = Experiment(config_from_dict(tomllib.loads((run_dir / "config.toml").read_text())))
+    algorithm = experiment.config.algorithm.name
     train = [m for m in read_audit(run_dir / "messages.jsonl") if m["type"] == "train" and "records" in m]
     rounds = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     records = train[0]["records"]
@@ -38,7 +41,7 @@ def audit_row(run_dir: Path) -> str:
     down = sum(r["bytes_down_per_client"] for r in rounds) / len(rounds)
     wire = sum(array_bytes(m) for m in train) / len(train)
     return (
-        f"| `{algorithm}` | {', '.join(get_algorithm_class(algorithm).uploads)} "
+        f"| `{algorithm}` | {', '.join(experiment.algorithm.uploads)} "
         f"| {len(records.get('model', {}).get('arrays', {}))} | {extra_text} | {', '.join(metrics) or '—'} "
         f"| {up:,.0f} | {wire:,.0f} | {down:,.0f} |"
     )
