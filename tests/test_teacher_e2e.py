@@ -41,7 +41,7 @@ def env(tmp_path):
     return {"SEMANTICFL_CACHE": str(tmp_path / "cache")}
 
 
-def test_features_are_extracted_once_and_keyed_by_the_timestep(tmp_path, tiny_sd, env):
+def test_features_are_extracted_once_and_keyed_by_the_timestep_and_teacher_seed(tmp_path, tiny_sd, env):
     args = ["features", "quickstart", *TINY, f"teacher.path={tiny_sd}", *FEDDIFRC]
     first = semanticfl(*args, cwd=tmp_path, env=env)
     assert first.returncode == 0, first.stderr
@@ -56,6 +56,11 @@ def test_features_are_extracted_once_and_keyed_by_the_timestep(tmp_path, tiny_sd
     later = semanticfl(*args, "algorithm.feddifrc.lambda_tdcl=0", "algorithm.feddifrc.timestep=600", cwd=tmp_path, env=env)
     assert later.returncode == 0, later.stderr
     assert paths(later.stdout) != paths(ndcr_only.stdout)
+    other_seed = semanticfl(*args, "algorithm.feddifrc.lambda_tdcl=0", "experiment.seed=3", cwd=tmp_path, env=env)
+    assert paths(other_seed.stdout) == paths(ndcr_only.stdout)  # every seed of a sweep reads one entry
+    other_noise = semanticfl(*args, "algorithm.feddifrc.lambda_tdcl=0", "teacher.seed=3", cwd=tmp_path, env=env)
+    assert other_noise.returncode == 0, other_noise.stderr
+    assert paths(other_noise.stdout) != paths(ndcr_only.stdout)  # other noise draws, other features
 
 
 def test_feddifrc_trains_on_cached_teacher_features(tmp_path, tiny_sd, env):

@@ -155,6 +155,10 @@ class TeacherConfig:
     """Images per U-Net call (prompt repeats count); bounds the extraction's memory."""
     fit_samples: int = 2000
     """Public-split samples the per-layer PCA is fitted on."""
+    seed: int = 0
+    """Seed of the teacher's noise draws (and VAE posterior samples). Independent of
+    ``experiment.seed``: the frozen teacher's features, like its weights, are the same for every seed
+    of a sweep, so they are extracted once; vary it to include the noise draws in the spread."""
     cache_dir: str = ""
     """Feature store root ("" = $SEMANTICFL_CACHE/features or ~/.cache/semanticfl/features)."""
 
@@ -405,6 +409,7 @@ def _validate_teacher(teacher: TeacherConfig) -> None:
     _require(teacher.noise_draws >= 1, f"teacher.noise_draws must be >= 1, got {teacher.noise_draws}")
     _require(teacher.batch_size >= 1, f"teacher.batch_size must be >= 1, got {teacher.batch_size}")
     _require(teacher.fit_samples >= 2, f"teacher.fit_samples must be >= 2, got {teacher.fit_samples}")
+    _require(teacher.seed >= 0, f"teacher.seed must be >= 0, got {teacher.seed}")
 
 
 def _validate_faults(faults: FaultsConfig, num_clients: int) -> None:

@@ -48,7 +48,7 @@ def load_teacher(experiment) -> DiffusionTeacher:
         noise_draws=cfg.noise_draws,
         batch_size=cfg.batch_size,
         up_blocks=(0,),
-        seed=experiment.config.experiment.seed,
+        seed=cfg.seed,
     )
     device = experiment.config.engine.device
     if cfg.kind == "stable_diffusion":
