@@ -96,6 +96,20 @@ def test_encoder_loss_gradient_pushes_the_local_feature_to_look_global():
     assert logit.grad.item() == pytest.approx(-0.25)  # d/da [−β softplus(a)] = −β σ(a); descent raises D(f)
 
 
+def test_nonsaturating_encoder_loss_on_known_logits_and_its_gradient_fading_once_d_is_fooled():
+    # D(f) = 0.25: β·(−log 0.25); D(f) = 0.75: β·(−log 0.75)
+    fake, fooled = torch.full((3,), -math.log(3)), torch.full((3,), math.log(3))
+    assert encoder_adversarial_loss(fake, 0.5, "nonsaturating").item() == pytest.approx(-0.5 * math.log(0.25))
+    assert encoder_adversarial_loss(fooled, 0.5, "nonsaturating").item() == pytest.approx(-0.5 * math.log(0.75))
+    grads = {}
+    for kind in ("minimax", "nonsaturating"):
+        logit = torch.full((1,), math.log(3), requires_grad=True)  # D(f) = 0.75: D is fooled
+        encoder_adversarial_loss(logit, 0.5, kind).backward()
+        grads[kind] = logit.grad.item()
+    # both raise D(f); minimax by β·D(f) = 0.375 there, non-saturating by β·(1 − D(f)) = 0.125
+    assert grads == pytest.approx({"minimax": -0.375, "nonsaturating": -0.125})
+
+
 def test_class_level_info_nce_on_known_features():
     """Two classes, I = T = identity, τ = 1: each row's CE is −log(e / (e + 1)) = log(1 + e⁻¹)."""
     loss = class_level_info_nce(torch.eye(2), torch.eye(2), torch.tensor([0, 1]), temperature=1.0)
@@ -122,6 +136,9 @@ def test_client_specs_parse_and_reject_bad_entries():
     assert parse_client_spec("image:cnn", "x") == ClientSpec("image", "cnn", "")
     assert parse_client_spec("text:bow", "x") == ClientSpec("text", "", "bow")
     assert parse_client_spec("pair:resnet10+gru", "x") == ClientSpec("pair", "resnet10", "gru")
+    assert parse_client_spec("image:mobilenet", "x") == ClientSpec("image", "mobilenet", "")
+    assert parse_client_spec("text:minilm", "x") == ClientSpec("text", "", "minilm")
+    assert parse_client_spec("pair:cnn+minilm", "x") == ClientSpec("pair", "cnn", "minilm")
     for bad, message in [("audio:cnn", "write"), ("pair:cnn", "write"), ("image:vit", "unknown image"),
                          ("text:bert", "unknown text"), ("image", "write")]:
         with pytest.raises(UserError, match=message):

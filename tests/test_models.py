@@ -14,9 +14,11 @@ from semanticfl.models import (
     model_names,
     state_to_numpy,
 )
+from semanticfl.models.mobilenet import MobileNetV2
 
 INPUTS = [(1, 28), (3, 32), (3, 64)]
-FEATURE_DIMS = {"cnn": 84, "resnet10": 512, "resnet18": 512}
+FEATURE_DIMS = {"cnn": 84, "mobilenet": 1280, "resnet10": 512, "resnet18": 512}
+NAMES = list(FEATURE_DIMS)
 
 
 def seeded(name, num_classes=10, in_channels=3, image_size=32, seed=0):
@@ -25,10 +27,10 @@ def seeded(name, num_classes=10, in_channels=3, image_size=32, seed=0):
 
 
 def test_model_names():
-    assert model_names() == ["cnn", "resnet10", "resnet18"]
+    assert model_names() == ["cnn", "mobilenet", "resnet10", "resnet18"]
 
 
-@pytest.mark.parametrize("name", ["cnn", "resnet10", "resnet18"])
+@pytest.mark.parametrize("name", NAMES)
 @pytest.mark.parametrize("in_channels,size", INPUTS)
 def test_output_shapes(name, in_channels, size):
     model = seeded(name, 7, in_channels, size).eval()
@@ -64,7 +66,39 @@ def test_resnet_parameter_counts():
     assert count_parameters(build_model("resnet10", 10)) == 4_903_242
 
 
-@pytest.mark.parametrize("name", ["cnn", "resnet10", "resnet18"])
+def test_mobilenet_parameter_counts():
+    # MobileNetV2, 3 channels, 10 classes (convs have no bias, each BN has 2*C parameters; an
+    # expanding block is 1x1 c->6c, 3x3 depthwise 6c, 1x1 6c->c', each with its BN):
+    # stem   conv 3*32*9=864 + BN 64                                                    = 928
+    # t=1, c=16   32*9 + 32*16 + BN 64+32                                               = 896
+    # c=24 (x2)   5136 + 8832                                                           = 13968
+    # c=32 (x3)   10000 + 2*14848                                                       = 39696
+    # c=64 (x4)   21056 + 3*54272                                                       = 183872
+    # c=96 (x3)   66624 + 2*118272                                                      = 303168
+    # c=160 (x3)  155264 + 2*320000                                                     = 795264
+    # c=320       960*160 + 960*2 + 960*9 + 960*2 + 960*320 + 320*2                     = 473920
+    # last   conv 320*1280=409600 + BN 2560                                             = 412160
+    # head   1280*10+10                                                                 = 12810
+    # total                                                                             = 2236682
+    assert count_parameters(build_model("mobilenet", 10)) == 2_236_682
+    # 1 channel: the stem conv loses 2*32*9 = 576
+    assert count_parameters(build_model("mobilenet", 10, 1, 28)) == 2_236_106
+
+
+def test_mobilenet_width_multiplier_keeps_the_last_conv():
+    half, wide = MobileNetV2(10, 3, width_mult=0.5), MobileNetV2(10, 3, width_mult=1.4)
+    assert (half.feature_dim, wide.feature_dim) == (1280, 1792)  # the paper keeps >= 1280 channels
+    assert count_parameters(half) == 700_490
+    assert half(torch.zeros(2, 3, 32, 32))[1].shape == (2, 10)
+
+
+@pytest.mark.parametrize("size,side", [(32, 4), (28, 4), (64, 8), (8, 1)])
+def test_mobilenet_cifar_stem_downsamples_8x(size, side):
+    model = seeded("mobilenet", image_size=size).eval()
+    assert model.body(torch.zeros(1, 3, size, size)).shape == (1, 1280, side, side)
+
+
+@pytest.mark.parametrize("name", NAMES)
 def test_logits_are_classifier_of_features(name):
     model = seeded(name).eval()
     with torch.no_grad():
@@ -72,7 +106,7 @@ def test_logits_are_classifier_of_features(name):
         assert torch.equal(logits, model.classifier(feats))
 
 
-@pytest.mark.parametrize("name", ["cnn", "resnet10", "resnet18"])
+@pytest.mark.parametrize("name", NAMES)
 def test_construction_is_deterministic(name):
     first, second = state_to_numpy(seeded(name)), state_to_numpy(seeded(name))
     assert list(first) == list(second)
@@ -93,7 +127,7 @@ def test_state_to_numpy_is_full_ordered_copy():
     assert not torch.any(model.classifier.bias == 123.0)
 
 
-@pytest.mark.parametrize("name", ["cnn", "resnet10", "resnet18"])
+@pytest.mark.parametrize("name", NAMES)
 def test_numpy_round_trip_gives_identical_outputs(name):
     source = seeded(name, image_size=16, seed=0)
     source.train()
@@ -134,7 +168,7 @@ def test_load_casts_averaged_values_to_model_dtypes():
     assert model.classifier.weight.dtype == torch.float32
 
 
-@pytest.mark.parametrize("name", ["cnn", "resnet10", "resnet18"])
+@pytest.mark.parametrize("name", NAMES)
 def test_one_sgd_step_reduces_loss(name):
     model = seeded(name, num_classes=10, image_size=16).train()
     gen = torch.Generator().manual_seed(1)
@@ -154,11 +188,12 @@ def test_one_sgd_step_reduces_loss(name):
 @pytest.mark.parametrize(
     "args,fragment",
     [
-        (("vgg", 10), "unknown model 'vgg'; choose one of: cnn, resnet10, resnet18"),
+        (("vgg", 10), "unknown model 'vgg'; choose one of: cnn, mobilenet, resnet10, resnet18"),
         (("cnn", 1), "num_classes"),
         (("resnet18", 10, 2), "in_channels"),
         (("resnet10", 10, 3, 7), "image_size"),
         (("cnn", 10, 3, 15), ">= 16"),
+        (("mobilenet", 10, 3, 7), ">= 8"),
         (("cnn", 10.0), "num_classes"),
     ],
 )
@@ -171,6 +206,6 @@ def test_bad_arguments_raise_one_line_user_error(args, fragment):
 
 
 def test_smallest_sizes_work():
-    for name, size in [("cnn", 16), ("resnet10", 8), ("resnet18", 8)]:
+    for name, size in [("cnn", 16), ("mobilenet", 8), ("resnet10", 8), ("resnet18", 8)]:
         _, logits = build_model(name, 3, 1, size).eval()(torch.zeros(2, 1, size, size))
         assert logits.shape == (2, 3)

@@ -91,6 +91,12 @@ def test_word_tokenizer_ids_by_frequency_then_alphabet():
     assert tokenizer.vocab_size == 8
 
 
+def test_word_tokenizer_decodes_lower_cased_words_without_padding():
+    tokenizer = WordTokenizer(["the cat", "the dog", "a dog's bone"], max_length=4)
+    tokens = tokenizer.encode(["The CAT ate!", "a dog's bone, the end", ""])
+    assert tokenizer.decode(tokens, "[UNK]") == ["the cat [UNK]", "a dog's bone the", ""]
+
+
 def test_split_class_text_is_disjoint_seeded_and_sized():
     per_class = [[f"c{c} s{i}" for i in range(n)] for c, n in enumerate((10, 30))]
     splits = split_class_text(per_class, public_fraction=0.2, test_fraction=0.1, cap=20, seed=0)

@@ -73,7 +73,7 @@ from semanticfl.algorithms.multimodal import (
     parse_client_spec,
     retrieval_recalls,
 )
-from semanticfl.data.multimodal import ClassLevelBenchmark, ModalData, class_level_benchmark, split_class_text
+from semanticfl.data.multimodal import ClassLevelBenchmark, ModalData, WordTokenizer, class_level_benchmark, split_class_text
 from semanticfl.data.wordnet import CLASS_SYNSETS, class_sentences
 from semanticfl.errors import UserError
 from semanticfl.models import state_to_numpy
@@ -98,6 +98,8 @@ class FedAFDParams:
     feature_dim: int = 256
     beta: float = 0.5
     """BAA's weight on the encoders' adversarial loss."""
+    adversarial_loss: str = "minimax"
+    """BAA's encoder loss: ``minimax`` (the paper's log(1 − D)) or ``nonsaturating`` (−log D)."""
     gamma: float = 0.4
     """SED's distillation weight on the server."""
     sed_temperature: float = 1.0
@@ -137,8 +139,15 @@ def discriminator_loss(global_logits: Tensor, local_logits: Tensor) -> Tensor:
     return F.softplus(-global_logits).mean() + F.softplus(local_logits).mean()
 
 
-def encoder_adversarial_loss(local_logits: Tensor, beta: float) -> Tensor:
-    """``β · mean log(1 − D(f))``, which the encoder minimises (fooling D into calling f global)."""
+ADVERSARIAL_LOSSES = ("minimax", "nonsaturating")
+
+
+def encoder_adversarial_loss(local_logits: Tensor, beta: float, kind: str = "minimax") -> Tensor:
+    """What the encoder minimises to fool D into calling f global: the paper's ``β · mean log(1 − D(f))``
+    (``minimax``), or Goodfellow et al.'s non-saturating ``β · mean(−log D(f))``, which has the same
+    fixed point but stops pushing once D is fooled instead of pushing hardest there."""
+    if kind == "nonsaturating":
+        return beta * F.softplus(-local_logits).mean()
     return -beta * F.softplus(local_logits).mean()
 
 
@@ -201,12 +210,12 @@ def ensemble(client_features: Tensor, weights: Tensor) -> Tensor:
 class LocalModel(nn.Module):
     """A client's encoders (its kind's), GFF gates, classifier head and BAA discriminators."""
 
-    def __init__(self, spec: ClientSpec, params: FedAFDParams, num_classes: int, vocab_size: int, image_shape: tuple[int, int]) -> None:
+    def __init__(self, spec: ClientSpec, params: FedAFDParams, num_classes: int, tokenizer: WordTokenizer, image_shape: tuple[int, int]) -> None:
         super().__init__()
         d = params.feature_dim
         fuse = params.gff and params.collaborate
         self.image_encoder = build_image_encoder(spec.image_arch, *image_shape, d) if spec.has_image else None
-        self.text_encoder = build_text_encoder(spec.text_arch, vocab_size, d) if spec.has_text else None
+        self.text_encoder = build_text_encoder(spec.text_arch, tokenizer, d) if spec.has_text else None
         self.fuse_image = GranularityFusion(d) if fuse and spec.has_image else None
         self.fuse_text = GranularityFusion(d) if fuse and spec.has_text else None
         self.head = nn.Linear(d, num_classes) if spec.kind != "pair" else None
@@ -237,6 +246,8 @@ class FedAFD(Algorithm):
             raise UserError("fedafd needs a public paired set: set data.server_holdout > 0 (public images)")
         if config.eval.federated:
             raise UserError("fedafd evaluates every client on its own task each round; set eval.federated=false")
+        if p.adversarial_loss not in ADVERSARIAL_LOSSES:
+            raise UserError(f"algorithm.fedafd.adversarial_loss must be one of {', '.join(ADVERSARIAL_LOSSES)}, got {p.adversarial_loss!r}")
         if p.aggregation not in AGGREGATIONS:
             raise UserError(f"algorithm.fedafd.aggregation must be one of {', '.join(AGGREGATIONS)}, got {p.aggregation!r}")
         for name in ("feature_dim", "baa_epochs", "server_epochs", "max_sentences_per_class"):
@@ -277,7 +288,7 @@ class FedAFD(Algorithm):
         p = self.params
         return ImageTextModel(
             build_image_encoder(p.server_image, *self._image_shape(), p.feature_dim),
-            build_text_encoder(p.server_text, self.benchmark.tokenizer.vocab_size, p.feature_dim),
+            build_text_encoder(p.server_text, self.benchmark.tokenizer, p.feature_dim),
         )
 
     def local_model(self, partition_id: int) -> LocalModel:
@@ -286,7 +297,7 @@ class FedAFD(Algorithm):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             return LocalModel(self.specs[partition_id], self.params, self.setup.num_classes,
-                              self.benchmark.tokenizer.vocab_size, self._image_shape())
+                              self.benchmark.tokenizer, self._image_shape())
 
     def client_data(self, partition_id: int) -> MultimodalClientData:
         b, spec = self.benchmark, self.specs[partition_id]
@@ -358,7 +369,7 @@ class FedAFD(Algorithm):
                 sum(discriminator_loss(d(g), d(f.detach())) for d, f, g in pairs).backward()
                 d_optimizer.step()
                 e_optimizer.zero_grad(set_to_none=True)
-                loss = sum(encoder_adversarial_loss(d(f), p.beta) for d, f, _ in pairs)
+                loss = sum(encoder_adversarial_loss(d(f), p.beta, p.adversarial_loss) for d, f, _ in pairs)
                 loss.backward()
                 e_optimizer.step()
                 total, steps = total + loss.item(), steps + 1

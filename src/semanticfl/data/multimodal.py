@@ -45,8 +45,9 @@ class WordTokenizer:
 
     def __init__(self, sentences: Sequence[str], max_length: int) -> None:
         counts = Counter(word for sentence in sentences for word in _WORD.findall(sentence.lower()))
-        words = sorted(counts, key=lambda w: (-counts[w], w))
-        self.ids = {word: i + 2 for i, word in enumerate(words)}
+        self.words = sorted(counts, key=lambda w: (-counts[w], w))
+        """The vocabulary: word ``i`` has id ``i + 2``."""
+        self.ids = {word: i + 2 for i, word in enumerate(self.words)}
         self.max_length = max_length
 
     @property
@@ -60,6 +61,12 @@ class WordTokenizer:
             ids = [self.ids.get(w, UNK) for w in _WORD.findall(sentence.lower())][: self.max_length]
             out[row, : len(ids)] = torch.tensor(ids, dtype=torch.int64)
         return out
+
+    def decode(self, tokens: torch.Tensor, unknown: str) -> list[str]:
+        """N×L ids → N sentences of the lower-cased words joined by spaces (``encode`` without its
+        punctuation and case); padding is dropped, an unknown id becomes ``unknown``."""
+        vocabulary = ["", unknown, *self.words]  # by id: PAD (dropped), UNK, the words
+        return [" ".join(vocabulary[i] for i in row if i != PAD) for row in tokens.tolist()]
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""Client models: a simple CNN and CIFAR-style ResNets, each returning (features, logits)."""
+"""Client models: a simple CNN, CIFAR-style ResNets and MobileNetV2, each returning (features, logits)."""
 
 from semanticfl.models.base import ClientModel
 from semanticfl.models.registry import (

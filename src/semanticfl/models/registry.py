@@ -9,6 +9,7 @@ from torch import nn
 from semanticfl.errors import UserError
 from semanticfl.models.base import ClientModel
 from semanticfl.models.cnn import MIN_IMAGE_SIZE, SimpleCNN
+from semanticfl.models.mobilenet import MobileNetV2
 from semanticfl.models.resnet import resnet10, resnet18
 
 MIN_SIZE = 8
@@ -18,6 +19,7 @@ _BUILDERS: dict[str, Callable[[int, int, int], ClientModel]] = {
     "cnn": SimpleCNN,
     "resnet10": lambda num_classes, in_channels, image_size: resnet10(num_classes, in_channels),
     "resnet18": lambda num_classes, in_channels, image_size: resnet18(num_classes, in_channels),
+    "mobilenet": lambda num_classes, in_channels, image_size: MobileNetV2(num_classes, in_channels),
 }
 _MIN_SIZES = {"cnn": MIN_IMAGE_SIZE}
 

