@@ -319,6 +319,7 @@ VALID_RANGE: dict[str, Callable[[float], bool]] = {
     "teacher.noise_draws": at_least(1),
     "teacher.batch_size": at_least(1),
     "teacher.fit_samples": at_least(2),
+    "teacher.seed": seed,
     "faults.hang_s": above(0),
 }
 """What each number of config.py may be (the partition's numbers depend on the dataset: see below)."""
