@@ -29,14 +29,16 @@ method_overrides() {
     ndcr_only) echo "algorithm.name=feddifrc algorithm.feddifrc.lambda_tdcl=0" ;;
     semanticfl_anchors | semanticfl_local | semanticfl_offload)
       echo "algorithm.name=semanticfl algorithm.semanticfl.mode=${1#semanticfl_}" ;;
+    feddifrc_ndcr0.1 | feddifrc_ndcr0.01) echo "algorithm.name=feddifrc algorithm.feddifrc.lambda_ndcr=${1#feddifrc_ndcr}" ;;
+    feddifrc_gap) echo "algorithm.name=feddifrc algorithm.feddifrc.reduction=gap" ;;
     semanticfl_anchors_public)
       echo "algorithm.name=semanticfl algorithm.semanticfl.mode=anchors algorithm.semanticfl.anchor_public_per_class=100" ;;
     semanticfl_no_latent)
-      echo "algorithm.name=semanticfl algorithm.semanticfl.layers=[\"up-3\",\"up-2\",\"up-1\"] algorithm.semanticfl.layer_dims=[128,128,64]" ;;
+      echo "algorithm.name=semanticfl algorithm.semanticfl.mode=local algorithm.semanticfl.layers=[\"up-3\",\"up-2\",\"up-1\"] algorithm.semanticfl.layer_dims=[128,128,64]" ;;
     semanticfl_no_unet)
-      echo "algorithm.name=semanticfl algorithm.semanticfl.layers=[\"latent\"] algorithm.semanticfl.layer_dims=[32]" ;;
-    semanticfl_no_kd) echo "algorithm.name=semanticfl algorithm.semanticfl.lambda_kd=0" ;;
-    semanticfl_no_con) echo "algorithm.name=semanticfl algorithm.semanticfl.lambda_con=0" ;;
+      echo "algorithm.name=semanticfl algorithm.semanticfl.mode=local algorithm.semanticfl.layers=[\"latent\"] algorithm.semanticfl.layer_dims=[32]" ;;
+    semanticfl_no_kd) echo "algorithm.name=semanticfl algorithm.semanticfl.mode=local algorithm.semanticfl.lambda_kd=0" ;;
+    semanticfl_no_con) echo "algorithm.name=semanticfl algorithm.semanticfl.mode=local algorithm.semanticfl.lambda_con=0" ;;
     *) echo "algorithm.name=$1" ;;
   esac
 }
@@ -59,22 +61,27 @@ seeds() {  # seeds METHOD...: seeds 1 and 2 at dir0.1 (the teacher's features do
   done
 }
 # Validation rows (dir0.1, seed 0): the candidates whose accuracy on the server's validation split
-# (val_mean; never the test set) chose the SemanticFL variant of the other rows.
-for method in "${feddifrc_rows[@]}" semanticfl_anchors semanticfl_anchors_public semanticfl_local; do
+# (val_mean; never the test set) chose the FedDifRC and SemanticFL variants of the other rows.
+for method in "${feddifrc_rows[@]}" feddifrc_ndcr0.1 feddifrc_ndcr0.01 feddifrc_gap \
+              semanticfl_anchors semanticfl_anchors_public semanticfl_local; do
   row dir0.1 0 "$method"
 done
 [ "${HEADLINE_ROWS:-all}" = validation ] && exit 0
-seeds fedavg feddifrc "${semanticfl_rows[@]}"
+main_rows=(fedavg feddifrc "${semanticfl_rows[@]}")
+seeds "${main_rows[@]}"
 for setting in dir0.05 dir0.5; do
-  for method in "${feddifrc_rows[@]}" "${semanticfl_rows[@]}"; do row "$setting" 0 "$method"; done
+  for method in "${main_rows[@]}"; do row "$setting" 0 "$method"; done
 done
 row dir0.1 0 semanticfl_offload
+for method in "${main_rows[@]}"; do row c2 0 "$method"; done
 for method in "${baseline_rows[@]}"; do row dir0.1 0 "$method"; done
-seeds "${baseline_rows[@]}"
 for setting in dir0.05 dir0.5; do
+  for method in tdcl_only ndcr_only; do row "$setting" 0 "$method"; done
+done
+for method in semanticfl_no_latent semanticfl_no_unet semanticfl_no_kd semanticfl_no_con; do row dir0.1 0 "$method"; done
+seeds "${baseline_rows[@]}"
+for setting in dir0.05 dir0.5 c2; do
   for method in "${baseline_rows[@]}"; do row "$setting" 0 "$method"; done
 done
-for method in fedavg feddifrc "${semanticfl_rows[@]}" "${baseline_rows[@]}"; do row c2 0 "$method"; done
-for method in semanticfl_no_latent semanticfl_no_unet semanticfl_no_kd semanticfl_no_con; do row dir0.1 0 "$method"; done
 for setting in dir0.05 dir0.5 c2; do row "$setting" 0 semanticfl_offload; done
 python benchmarks/headline_table.py "$out"
