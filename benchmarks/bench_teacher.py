@@ -3,6 +3,7 @@ and appends it to ``benchmarks/results/teacher.jsonl``.
 
     python benchmarks/bench_teacher.py throughput   # images/s of the offline teacher and the tiny SD path
     python benchmarks/bench_teacher.py epoch        # local epoch: FedAvg vs FedDifRC (cached / in-RAM targets)
+    python benchmarks/bench_teacher.py targets      # how much class information the teacher's targets carry
 
 The CIFAR-10 extraction time is the wall time of ``semanticfl features`` (see BENCHMARKS.md).
 Times are compared as ratios measured in the same invocation; absolute numbers vary.
@@ -23,7 +24,9 @@ import torch
 from semanticfl.algorithms.base import ClientTask, LocalData
 from semanticfl.config import load_config
 from semanticfl.data.datasets import images_to_tensor, load_image_dataset
+from semanticfl.engine.checkpoint import load_latest_checkpoint
 from semanticfl.engine.experiment import Experiment
+from semanticfl.engine.teacher_targets import FUSED, TeacherTargets
 from semanticfl.teachers.base import ExtractionSettings, class_prompts
 from semanticfl.teachers.offline import load_offline_teacher, shipped_teacher_dir
 from semanticfl.teachers.sd import build_tiny_stable_diffusion, load_stable_diffusion
@@ -126,6 +129,94 @@ def _in_memory(targets: dict[str, torch.Tensor]):
     return read
 
 
+def target_statistics(features: np.ndarray, labels: np.ndarray) -> dict:
+    """Of N unit vectors (N×D) with labels: the norm of their mean (1 = all equal), the mean cosine
+    within and across classes, and the accuracy of a nearest-class-mean rule fitted on one half and
+    tested on the other (how much class information a target carries, with no training)."""
+    x = features.astype(np.float32)
+    cos = x @ x.T
+    same = labels[:, None] == labels[None]
+    off = ~np.eye(len(x), dtype=bool)
+    fit, test = np.arange(len(x)) % 2 == 0, np.arange(len(x)) % 2 == 1
+    means = np.stack([x[fit & (labels == c)].mean(0) for c in np.unique(labels)])
+    return {
+        "mean_vector_norm": float(np.linalg.norm(x.mean(0))),
+        "cos_same_class": float(cos[same & off].mean()),
+        "cos_other_class": float(cos[~same].mean()),
+        "nearest_class_mean_accuracy": float(((x[test] @ means.T).argmax(1) == labels[test]).mean()),
+    }
+
+
+def per_sample_targets(experiment: Experiment, rows: np.ndarray) -> dict:
+    """Statistics of every cached per-sample request of the experiment's algorithm, on pool ``rows``."""
+    labels = np.asarray(experiment.dataset.train_labels)[experiment.client_pool[rows]]
+    out = {}
+    for name, entry in TeacherTargets(experiment).pool_entries.items():
+        values = entry.take(FUSED, rows)
+        if values.ndim == 3:  # TDCL: N×C candidates; the true class's, and how alike an image's are
+            candidates = values.astype(np.float32)
+            cos = np.einsum("npd,nqd->npq", candidates, candidates)
+            out[f"{name}.candidate_cos"] = float(cos[:, ~np.eye(cos.shape[1], dtype=bool)].mean())
+            values = candidates[np.arange(len(rows)), labels]
+        out.update({f"{name}.{k}": v for k, v in target_statistics(values, labels).items()})
+    return out
+
+
+def anchor_cosines(experiment: Experiment) -> dict:
+    """Mean and largest cosine between two classes' SemanticFL anchors."""
+    anchors = TeacherTargets(experiment).anchors()["semanticfl.anchors"]
+    cos = anchors @ anchors.T
+    off = cos[~np.eye(len(cos), dtype=bool)]
+    return {"mean": float(off.mean()), "max": float(off.max())}
+
+
+def global_model_outputs(run_dir: Path) -> dict:
+    """The final global model of a run on the test set: accuracy, the spread of its logits (mean
+    per-class std over images) and the share of images given its most frequent prediction."""
+    experiment = Experiment(load_config(str(run_dir / "config.toml")))
+    model = experiment.build_model()
+    state = load_latest_checkpoint(run_dir / "checkpoints").global_arrays
+    model.load_state_dict({k: torch.as_tensor(np.array(v)) for k, v in state.items()})
+    model.eval()
+    images = images_to_tensor(experiment.dataset.test_images, np.arange(len(experiment.dataset.test_labels)))
+    with torch.no_grad():
+        logits = torch.cat([model(experiment.eval_transform()(images[i : i + 1000], None))[1]
+                            for i in range(0, len(images), 1000)])
+    predicted = logits.argmax(1).numpy()
+    return {
+        "accuracy": float((predicted == np.asarray(experiment.dataset.test_labels)).mean()),
+        "logit_std": float(logits.std(0).mean()),
+        "top_prediction_share": float(np.bincount(predicted).max() / len(predicted)),
+    }
+
+
+def targets(args: argparse.Namespace) -> None:
+    """Class information in the cached teacher targets of FedDifRC (both reductions) and SemanticFL
+    (local mode), SemanticFL's anchors from prompts alone and with public samples, and the final
+    global models of the runs in ``--runs`` (reads the feature store; extracts what is missing)."""
+    common = ["data.server_holdout=10000", f"teacher.path={args.teacher}",
+              "algorithm.feddifrc.layer_dims=[128,128,64]", "algorithm.semanticfl.layer_dims=[32,128,128,64]"]
+
+    def experiment(*overrides: str) -> Experiment:
+        return Experiment(load_config("cifar10_cnn", [*common, *overrides]))
+
+    rows = np.sort(np.random.default_rng(0).choice(len(experiment().client_pool), args.samples, replace=False))
+    result = {"samples": args.samples}
+    for label, overrides in {
+        "feddifrc_spatial_norm": ["algorithm.name=feddifrc"],
+        "feddifrc_gap": ["algorithm.name=feddifrc", "algorithm.feddifrc.reduction=gap"],
+        "semanticfl_local": ["algorithm.name=semanticfl", "algorithm.semanticfl.mode=local"],
+    }.items():
+        result[label] = per_sample_targets(experiment(*overrides), rows)
+    for k in (0, 100):
+        anchors = experiment("algorithm.name=semanticfl", f"algorithm.semanticfl.anchor_public_per_class={k}")
+        result[f"anchor_cos_public_per_class_{k}"] = anchor_cosines(anchors)
+    for run_dir in sorted(Path(args.runs).glob("dir0.1-*-s0-2*")):
+        if (run_dir / "summary.json").exists():
+            result[f"global_model.{run_dir.name.rsplit('-', 2)[0]}"] = global_model_outputs(run_dir)
+    record("teacher_targets", result)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="which", required=True)
@@ -136,8 +227,12 @@ def main() -> None:
     e.add_argument("--cache", required=True, help="feature store root holding the CIFAR-10 features")
     e.add_argument("--repeats", type=int, default=3)
     e.add_argument("--fraction", type=float, default=0.25, help="data.train_fraction (sizes the extraction)")
+    g = sub.add_parser("targets")
+    g.add_argument("--teacher", required=True, help="the CIFAR-10 offline teacher folder")
+    g.add_argument("--runs", default="benchmarks/out/headline", help="headline run directories")
+    g.add_argument("--samples", type=int, default=3000, help="client-pool samples the statistics use")
     args = parser.parse_args()
-    {"throughput": throughput, "epoch": epoch}[args.which](args)
+    {"throughput": throughput, "epoch": epoch, "targets": targets}[args.which](args)
 
 
 if __name__ == "__main__":

@@ -67,8 +67,21 @@ for method in "${feddifrc_rows[@]}" feddifrc_ndcr0.1 feddifrc_ndcr0.01 feddifrc_
   row dir0.1 0 "$method"
 done
 [ "${HEADLINE_ROWS:-all}" = validation ] && exit 0
+best_by_val() {  # best_by_val METHOD...: the one whose dir0.1 seed-0 run has the best validation accuracy
+  python - "$out" "$@" <<'PY'
+import json, pathlib, sys
+out, candidates = pathlib.Path(sys.argv[1]), sys.argv[2:]
+def val(method):
+    runs = [json.loads(p.read_text()) for p in out.glob(f"dir0.1-{method}-s0-2*/summary.json")]
+    return max([r["final_val_accuracy"] for r in runs if r.get("complete")] or [float("-inf")])
+print(max(candidates, key=val))
+PY
+}
+feddifrc_val=$(best_by_val feddifrc feddifrc_ndcr0.1 feddifrc_ndcr0.01 feddifrc_gap)
+echo "FedDifRC variant chosen on the validation split: $feddifrc_val"
 main_rows=(fedavg feddifrc "${semanticfl_rows[@]}")
-seeds "${main_rows[@]}"
+[ "$feddifrc_val" = feddifrc ] || main_rows+=("$feddifrc_val")
+seeds fedavg "$feddifrc_val" "${semanticfl_rows[@]}"
 for setting in dir0.05 dir0.5; do
   for method in "${main_rows[@]}"; do row "$setting" 0 "$method"; done
 done
