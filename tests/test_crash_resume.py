@@ -1,11 +1,13 @@
 """Crash and resume: a real ``semanticfl run`` is SIGKILLed as soon as a (seeded) random round is
 checkpointed, continued with ``--resume``, and must give exactly the per-round records and final
 model of an uninterrupted run with the same seed -- for a stateless algorithm, one with client
-state (SCAFFOLD, 2 of 3 clients a round) and both teacher-guided ones (the shipped offline teacher)."""
+state (SCAFFOLD, 2 of 3 clients a round) and both teacher-guided ones (the shipped offline teacher).
+A run stopped by ``--until-round`` whose newest checkpoint is then damaged resumes the same way."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import random
 import signal
@@ -108,13 +110,27 @@ def test_killed_run_resumes_to_the_uninterrupted_result(name, uninterrupted, tmp
     resumed = semanticfl("run", "--resume", str(run_dir), cwd=tmp_path, env=cache)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert_same_run(run_dir, whole)
+    if name == "scaffold":
+        assert sorted(p.name for p in (whole / "client-state").iterdir()) == [f"client-000{i}" for i in range(3)]
+        # SCAFFOLD sends the model plus a control variate both ways (the CNN has no buffers).
+        fedavg_bytes = read_rounds(uninterrupted("fedavg"))[0]["bytes_up_per_client"]
+        assert all(r["bytes_up_per_client"] == r["bytes_down_per_client"] == 2 * fedavg_bytes
+                   for r in read_rounds(whole))
 
 
-def test_a_truncated_newest_checkpoint_resumes_from_the_one_before(uninterrupted, tmp_path, cache):
-    """SCAFFOLD killed after round 3; round 3's checkpoint is then cut short. Resume must skip it
-    (with a warning), redo round 3 from round 2 -- client state included -- and still match."""
+def test_a_run_stopped_by_until_round_with_a_truncated_checkpoint_resumes_from_the_one_before(
+    uninterrupted, tmp_path, cache
+):
+    """SCAFFOLD stopped cleanly by ``--until-round 3``; round 3's checkpoint is then cut short. Resume
+    must skip it (with a warning), redo round 3 from round 2 -- client state included -- and match."""
     whole = uninterrupted("scaffold")
-    run_dir = crash_after_round(tmp_path, ALGORITHMS["scaffold"], 3, cache)
+    out = tmp_path / "runs"
+    stopped = semanticfl("run", "quickstart", *SMALL, *ALGORITHMS["scaffold"], f"experiment.output_dir={out}",
+                         "--until-round", "3", cwd=tmp_path, env=cache)
+    assert stopped.returncode == 0, stopped.stderr[-3000:]
+    (run_dir,) = run_dirs(out)
+    assert [r["round"] for r in read_rounds(run_dir)] == [1, 2, 3]
+    assert json.loads((run_dir / "summary.json").read_text())["complete"] is False
     newest = checkpoint_path(run_dir / "checkpoints", 3)
     newest.write_bytes(newest.read_bytes()[:-100])
     resumed = semanticfl("run", "--resume", str(run_dir), cwd=tmp_path, env=cache)

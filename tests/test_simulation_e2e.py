@@ -1,4 +1,5 @@
-"""End to end through Flower's Simulation Engine: outputs, determinism, exact resume."""
+"""End to end through Flower's Simulation Engine: outputs and comparisons. Exact resume (killed runs,
+``--until-round``, client state, damaged checkpoints) is tested in test_crash_resume.py."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-from helpers import SMALL_RUN, read_rounds, run_dirs, semanticfl, without_timings
+from helpers import SMALL_RUN, read_rounds, run_dirs, semanticfl
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("fashion_mnist_available")]
 
@@ -40,45 +41,6 @@ def test_run_writes_every_output(uninterrupted):
     assert summary["final_accuracy"] == rounds[-1]["test_accuracy"]
     assert summary["final_accuracy"] > 40.0  # 10 classes: chance is 10 %
     assert "final test accuracy" in result.stdout and "round 3/3" in result.stderr
-
-
-def stop_after_two_rounds_then_resume(folder, overrides):
-    first = semanticfl("run", *SMALL_RUN, *overrides, f"experiment.output_dir={folder}", "--until-round", "2", cwd=folder)
-    assert first.returncode == 0, first.stderr[-3000:]
-    (run_dir,) = run_dirs(folder)
-    assert [r["round"] for r in read_rounds(run_dir)] == [1, 2]
-    assert json.loads((run_dir / "summary.json").read_text())["complete"] is False
-    second = semanticfl("run", "--resume", str(run_dir), cwd=folder)
-    assert second.returncode == 0, second.stderr[-3000:]
-    return run_dir
-
-
-def test_stop_and_resume_gives_identical_metrics(uninterrupted, tmp_path):
-    run_dir, _ = uninterrupted
-    resumed_dir = stop_after_two_rounds_then_resume(tmp_path, [])
-    assert without_timings(read_rounds(resumed_dir)) == without_timings(read_rounds(run_dir))
-
-
-def test_client_state_survives_rounds_and_resume(uninterrupted, tmp_path):
-    """SCAFFOLD keeps c_i on each client; 2 of 3 clients per round, so state must persist
-    across rounds a client skips and across the restart."""
-    overrides = ["algorithm.name=scaffold", "train.fraction_fit=0.67"]
-    whole = tmp_path / "whole"
-    whole.mkdir()
-    result = semanticfl("run", *SMALL_RUN, *overrides, f"experiment.output_dir={whole}", cwd=whole)
-    assert result.returncode == 0, result.stderr[-3000:]
-    (whole_dir,) = run_dirs(whole)
-    states = sorted(p.name for p in (whole_dir / "client-state").iterdir())
-    assert states == ["client-0000", "client-0001", "client-0002"]
-
-    resumed = tmp_path / "resumed"
-    resumed.mkdir()
-    resumed_dir = stop_after_two_rounds_then_resume(resumed, overrides)
-    expected = without_timings(read_rounds(whole_dir))
-    assert without_timings(read_rounds(resumed_dir)) == expected
-    fedavg_bytes = read_rounds(uninterrupted[0])[0]["bytes_up_per_client"]
-    # SCAFFOLD sends the model plus a control variate both ways (the CNN has no buffers).
-    assert all(r["bytes_up_per_client"] == r["bytes_down_per_client"] == 2 * fedavg_bytes for r in expected)
 
 
 def test_compare_runs_each_algorithm_on_the_same_partition(tmp_path):
