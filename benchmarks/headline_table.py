@@ -17,6 +17,14 @@ from semanticfl.engine.outputs import RunDirectory, plot_accuracy
 
 RESULTS = Path(__file__).parent / "results"
 SETTING_ORDER = ("dir0.05", "dir0.1", "dir0.5", "c2")
+METHOD_ORDER = ("fedavg", "fedprox", "moon", "scaffold", "fednh", "feddifrc", "tdcl_only", "ndcr_only")
+
+
+def method_rank(method: str) -> tuple[int, str]:
+    """Baselines first, then FedDifRC and its variants, then SemanticFL's modes and ablations."""
+    if method in METHOD_ORDER:
+        return METHOD_ORDER.index(method), method
+    return (len(METHOD_ORDER) - 2 if method.startswith("feddifrc") else len(METHOD_ORDER)), method
 
 
 def complete_runs(folder: Path) -> dict[tuple[str, str], list[dict]]:
@@ -63,7 +71,7 @@ def table(runs: dict[tuple[str, str], list[dict]]) -> dict[str, dict[str, dict]]
 
 def markdown(result: dict[str, dict[str, dict]]) -> str:
     settings = list(result)
-    methods = list(dict.fromkeys(m for s in settings for m in result[s]))
+    methods = sorted({m for s in settings for m in result[s]}, key=method_rank)
     lines = [
         "| method | " + " | ".join(settings) + " | val (dir0.1) | s/round | MB/client/round |",
         "|---|" + "---|" * (len(settings) + 3),
