@@ -20,11 +20,13 @@ SETTING_ORDER = ("dir0.05", "dir0.1", "dir0.5", "c2")
 METHOD_ORDER = ("fedavg", "fedprox", "moon", "scaffold", "fednh", "feddifrc", "tdcl_only", "ndcr_only")
 
 
-def method_rank(method: str) -> tuple[int, str]:
-    """Baselines first, then FedDifRC and its variants, then SemanticFL's modes and ablations."""
+def method_rank(method: str) -> tuple[float, str]:
+    """Baselines first, then FedDifRC with its variants right after it, then SemanticFL's rows."""
     if method in METHOD_ORDER:
         return METHOD_ORDER.index(method), method
-    return (len(METHOD_ORDER) - 2 if method.startswith("feddifrc") else len(METHOD_ORDER)), method
+    if method.startswith("feddifrc"):
+        return METHOD_ORDER.index("feddifrc") + 0.5, method
+    return len(METHOD_ORDER), method
 
 
 def complete_runs(folder: Path) -> dict[tuple[str, str], list[dict]]:
