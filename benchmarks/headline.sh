@@ -23,6 +23,10 @@ setting_overrides() {
   esac
 }
 
+local_variant() {  # local_variant KEY=VALUE...: SemanticFL local mode with these parameters
+  echo "algorithm.name=semanticfl algorithm.semanticfl.mode=local $(printf 'algorithm.semanticfl.%s ' "$@")"
+}
+
 method_overrides() {
   case $1 in
     tdcl_only) echo "algorithm.name=feddifrc algorithm.feddifrc.lambda_ndcr=0" ;;
@@ -39,6 +43,11 @@ method_overrides() {
       echo "algorithm.name=semanticfl algorithm.semanticfl.mode=local algorithm.semanticfl.layers=[\"latent\"] algorithm.semanticfl.layer_dims=[32]" ;;
     semanticfl_no_kd) echo "algorithm.name=semanticfl algorithm.semanticfl.mode=local algorithm.semanticfl.lambda_kd=0" ;;
     semanticfl_no_con) echo "algorithm.name=semanticfl algorithm.semanticfl.mode=local algorithm.semanticfl.lambda_con=0" ;;
+    semanticfl_kd3) local_variant lambda_kd=3 ;;
+    semanticfl_kd0.3) local_variant lambda_kd=0.3 ;;
+    semanticfl_kdtemp0.2) local_variant kd_temperature=0.2 ;;
+    semanticfl_con0.1) local_variant lambda_con=0.1 ;;
+    semanticfl_kd3_no_con) local_variant lambda_kd=3 lambda_con=0 ;;
     *) echo "algorithm.name=$1" ;;
   esac
 }
@@ -55,6 +64,8 @@ row() {  # row SETTING SEED METHOD
 feddifrc_rows=(fedavg feddifrc tdcl_only ndcr_only)
 semanticfl_rows=(semanticfl_anchors semanticfl_local)
 baseline_rows=(fedprox moon scaffold fednh)
+semanticfl_candidates=(semanticfl_kd3 semanticfl_kd0.3 semanticfl_kdtemp0.2 semanticfl_con0.1 semanticfl_no_con
+                       semanticfl_kd3_no_con)
 seeds() {  # seeds METHOD...: seeds 1 and 2 at dir0.1 (the teacher's features do not depend on
   for seed in 1 2; do    # experiment.seed, see teacher.seed: no re-extraction)
     for method in "$@"; do row dir0.1 "$seed" "$method"; done
@@ -63,7 +74,7 @@ seeds() {  # seeds METHOD...: seeds 1 and 2 at dir0.1 (the teacher's features do
 # Validation rows (dir0.1, seed 0): the candidates whose accuracy on the server's validation split
 # (val_mean; never the test set) chose the FedDifRC and SemanticFL variants of the other rows.
 for method in "${feddifrc_rows[@]}" feddifrc_ndcr0.1 feddifrc_ndcr0.01 feddifrc_gap \
-              semanticfl_anchors semanticfl_anchors_public semanticfl_local; do
+              semanticfl_anchors semanticfl_anchors_public semanticfl_local "${semanticfl_candidates[@]}"; do
   row dir0.1 0 "$method"
 done
 [ "${HEADLINE_ROWS:-all}" = validation ] && exit 0
@@ -78,10 +89,12 @@ print(max(candidates, key=val))
 PY
 }
 feddifrc_val=$(best_by_val feddifrc feddifrc_ndcr0.1 feddifrc_ndcr0.01 feddifrc_gap)
-echo "FedDifRC variant chosen on the validation split: $feddifrc_val"
+semanticfl_val=$(best_by_val semanticfl_local "${semanticfl_candidates[@]}")
+echo "Variants chosen on the validation split: $feddifrc_val, $semanticfl_val"
 main_rows=(fedavg feddifrc "${semanticfl_rows[@]}")
 [ "$feddifrc_val" = feddifrc ] || main_rows+=("$feddifrc_val")
-seeds fedavg "$feddifrc_val" "${semanticfl_rows[@]}"
+[ "$semanticfl_val" = semanticfl_local ] || main_rows+=("$semanticfl_val")
+seeds fedavg "$feddifrc_val" "${semanticfl_rows[@]}" "$semanticfl_val"
 for setting in dir0.05 dir0.5; do
   for method in "${main_rows[@]}"; do row "$setting" 0 "$method"; done
 done
