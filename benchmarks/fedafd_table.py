@@ -13,10 +13,11 @@ import argparse
 import json
 from pathlib import Path
 
-METHODS = ("fedafd", "local", "creamfl_style", "no_baa", "no_gff", "no_sed")
+METHODS = ("fedafd", "local", "creamfl_style", "no_baa", "no_gff", "no_sed", "fedafd_beta0.05")
 LABELS = {
     "fedafd": "FedAFD", "local": "LOCAL", "creamfl_style": "CreamFL-style",
     "no_baa": "FedAFD w/o BAA", "no_gff": "FedAFD w/o GFF", "no_sed": "FedAFD w/o SED (mean)",
+    "fedafd_beta0.05": "FedAFD, β = 0.05",
 }
 
 
