@@ -160,6 +160,8 @@ class ExperimentView(Protocol):
     """Per client, indices into the training split."""
     holdout_indices: np.ndarray
     """The server's public split: training indices no client holds."""
+    partition_spec: Any
+    """The run's :class:`~semanticfl.data.partition.PartitionSpec` (``[partition]``, seeded)."""
 
     def train_transform(self) -> Callable[[torch.Tensor, torch.Generator | None], torch.Tensor]: ...
 

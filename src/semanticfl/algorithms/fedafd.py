@@ -34,10 +34,18 @@ average of client features), ``aggregation = "creamfl"`` (CreamFL-style contrast
 :func:`creamfl_weights`), ``collaborate = false`` (LOCAL: clients train alone, the server on the
 public set alone, nothing is exchanged but the engine's model broadcast, which clients ignore).
 
+Data (``benchmark``): ``class_level`` is the offline class-level image-text benchmark (CIFAR-10 +
+WordNet sentences, :func:`~semanticfl.data.multimodal.class_level_benchmark`); ``paper`` is the
+paper's setup from user paths -- CIFAR-100 image clients, AG_NEWS text clients, Flickr30k image-text
+clients, COCO public and server-test pairs (:func:`~semanticfl.data.multimodal.paper_benchmark`),
+with image heads of 100 classes and text heads of 4, and retrieval relevance per image.
+
 Deviations (see docs/ALGORITHMS.md): the paper's server uses a PCME loss (ResNet-101 + BERT) and its
 image-text clients PCME; here both use a class-level symmetric InfoNCE
 (:func:`~semanticfl.algorithms.multimodal.class_level_info_nce`), since the offline benchmark pairs
-at class level. "MSE" is the per-sample squared distance (summed over the d dims). ``M`` is one gate
+at class level. On the paper benchmark the labels are pair ids (one per image), so the same loss is
+the ordinary image-text InfoNCE: the public set holds each image once (the identity target), and
+in an image-text client's batch only captions of the same image are positives. "MSE" is the per-sample squared distance (summed over the d dims). ``M`` is one gate
 applied twice, as the formula writes it. BAA runs ``baa_epochs`` passes over the public set at the
 start of a round, then ``train.local_epochs`` epochs of the local task. Client models, optimisers
 and discriminators are re-created each round from the client's state (momentum is not kept).
@@ -48,6 +56,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -66,6 +75,7 @@ from semanticfl.algorithms.base import (
 )
 from semanticfl.algorithms.multimodal import (
     ClientSpec,
+    RECALL_KS,
     MultimodalClientData,
     batches,
     class_level_info_nce,
@@ -73,13 +83,34 @@ from semanticfl.algorithms.multimodal import (
     parse_client_spec,
     retrieval_recalls,
 )
-from semanticfl.data.multimodal import ClassLevelBenchmark, ModalData, WordTokenizer, class_level_benchmark, split_class_text
+from semanticfl.data.multimodal import (
+    ModalData,
+    MultimodalBenchmark,
+    PaperSets,
+    WordTokenizer,
+    class_level_benchmark,
+    load_ag_news,
+    load_coco_captions,
+    load_flickr30k,
+    paper_benchmark,
+    split_class_text,
+)
 from semanticfl.data.wordnet import CLASS_SYNSETS, class_sentences
 from semanticfl.errors import UserError
 from semanticfl.models import state_to_numpy
 from semanticfl.models.multimodal import ImageTextModel, build_image_encoder, build_text_encoder
 
 AGGREGATIONS = ("sed", "mean", "creamfl")
+BENCHMARKS = ("class_level", "paper")
+PAPER_PATHS = {
+    "ag_news_train": ("file", "AG_NEWS train.csv"),
+    "ag_news_test": ("file", "AG_NEWS test.csv"),
+    "flickr30k_images": ("folder", "the Flickr30k images folder"),
+    "flickr30k_captions": ("file", "Flickr30k's results_20130124.token or captions csv"),
+    "coco_images": ("folder", "the COCO images folder, e.g. train2017"),
+    "coco_annotations": ("file", "COCO's captions json, e.g. captions_train2017.json"),
+}
+"""The paper benchmark's path parameters: what each must be and hold."""
 _SERVER_STREAM = 2038074743  # the server's per-round RNG stream
 _CLIENT_INIT_STREAM = 1000003  # a client's model initialisation
 
@@ -118,6 +149,23 @@ class FedAFDParams:
     """Test images each client and the server are evaluated on (0 = the whole test split)."""
     target_rsum: float = 0.0
     """If > 0, the summary reports the first round whose server rsum reaches it."""
+    benchmark: str = "class_level"
+    """``class_level`` (offline: CIFAR-10 + WordNet sentences) or ``paper`` (CIFAR-100, AG_NEWS,
+    Flickr30k and COCO from the paths below; needs data.dataset=cifar100)."""
+    ag_news_train: str = ""
+    ag_news_test: str = ""
+    flickr30k_images: str = ""
+    flickr30k_captions: str = ""
+    coco_images: str = ""
+    coco_annotations: str = ""
+    public_pairs: int = 10000
+    """Paper benchmark: COCO images (first caption each) in the server's public set."""
+    server_test_images: int = 1000
+    """Paper benchmark: the next COCO images (all captions) the server model is tested on."""
+    flickr_test_images: int = 1000
+    """Paper benchmark: the first Flickr30k images (all captions), the image-text clients' test set."""
+    max_vocabulary: int = 30000
+    """Most frequent words kept in the shared word vocabulary (the rest encode as unknown)."""
 
 
 # --------------------------------------------------------------------------- BAA
@@ -204,6 +252,37 @@ def ensemble(client_features: Tensor, weights: Tensor) -> Tensor:
     return torch.einsum("cp,cpd->pd", weights, client_features)
 
 
+# --------------------------------------------------------------------------- paths and retrieval
+
+
+def check_path(name: str, value: str, kind: str, what: str) -> None:
+    """A one-line ``UserError`` unless ``algorithm.fedafd.<name>`` names an existing ``kind``
+    ("file" or "folder")."""
+    if not value.strip():
+        raise UserError(f"algorithm.fedafd.benchmark=paper needs {what}: set algorithm.fedafd.{name}=<path>")
+    path = Path(value).expanduser()
+    exists = path.is_file() if kind == "file" else path.is_dir()
+    if not exists:
+        found = "is a folder, not a file" if path.is_dir() else "is a file, not a folder" if path.exists() else "does not exist"
+        raise UserError(f"algorithm.fedafd.{name}={value!r} {found} (expected {what})")
+
+
+def pair_recalls(image: Tensor, text: Tensor, labels: Tensor, relevance: str, ks: Sequence[int] = RECALL_KS) -> dict[str, float]:
+    """R@K both ways and rsum on test pairs (one row per (image, text) pair, ``labels`` per row).
+
+    ``relevance="class"``: class-level, every row is a query (:func:`retrieval_recalls`).
+    ``relevance="image"``: ``labels`` are pair ids (the image's row, shared by its captions); each
+    image enters once, with its first row's feature, so image→text asks for any of the image's
+    captions in the top K and text→image for its own image among the distinct images (the
+    Flickr30k / COCO protocol).
+    """
+    if relevance == "class":
+        return retrieval_recalls(image, text, labels, labels, ks)
+    _, first = np.unique(labels.cpu().numpy(), return_index=True)
+    first = torch.from_numpy(first).to(labels.device)
+    return retrieval_recalls(image[first], text, labels[first], labels, ks)
+
+
 # --------------------------------------------------------------------------- client model
 
 
@@ -230,7 +309,7 @@ class LocalModel(nn.Module):
 
 
 class FedAFD(Algorithm):
-    """FedAFD on the class-level image-text benchmark; see the module docstring."""
+    """FedAFD on the class-level image-text benchmark or the paper's sets; see the module docstring."""
 
     name = "fedafd"
     Params = FedAFDParams
@@ -238,19 +317,21 @@ class FedAFD(Algorithm):
 
     def bind(self, experiment: ExperimentView) -> None:
         p, config = self.params, experiment.config
-        if config.data.dataset not in CLASS_SYNSETS:
-            raise UserError(f"fedafd runs on the class-level image-text benchmark of: {', '.join(CLASS_SYNSETS)}; got data.dataset={config.data.dataset!r}")
+        if p.benchmark not in BENCHMARKS:
+            raise UserError(f"algorithm.fedafd.benchmark must be one of {', '.join(BENCHMARKS)}, got {p.benchmark!r}")
+        if p.benchmark == "paper":
+            self._check_paper_settings(config)
+        else:
+            self._check_class_level_settings(config)
         if len(p.clients) != config.partition.num_clients:
             raise UserError(f"algorithm.fedafd.clients lists {len(p.clients)} clients but partition.num_clients is {config.partition.num_clients}")
-        if config.data.server_holdout <= 0:
-            raise UserError("fedafd needs a public paired set: set data.server_holdout > 0 (public images)")
         if config.eval.federated:
             raise UserError("fedafd evaluates every client on its own task each round; set eval.federated=false")
         if p.adversarial_loss not in ADVERSARIAL_LOSSES:
             raise UserError(f"algorithm.fedafd.adversarial_loss must be one of {', '.join(ADVERSARIAL_LOSSES)}, got {p.adversarial_loss!r}")
         if p.aggregation not in AGGREGATIONS:
             raise UserError(f"algorithm.fedafd.aggregation must be one of {', '.join(AGGREGATIONS)}, got {p.aggregation!r}")
-        for name in ("feature_dim", "baa_epochs", "server_epochs", "max_sentences_per_class"):
+        for name in ("feature_dim", "baa_epochs", "server_epochs", "max_sentences_per_class", "max_vocabulary"):
             if getattr(p, name) < 1:
                 raise UserError(f"algorithm.fedafd.{name} must be >= 1, got {getattr(p, name)}")
         for name in ("beta", "gamma", "test_size", "target_rsum"):
@@ -267,8 +348,34 @@ class FedAFD(Algorithm):
         parse_client_spec(f"text:{p.server_text}", "algorithm.fedafd.server_text")
         self.experiment = experiment
 
+    @staticmethod
+    def _check_class_level_settings(config: Any) -> None:
+        if config.data.dataset not in CLASS_SYNSETS:
+            raise UserError(
+                f"fedafd runs on the class-level image-text benchmark of: {', '.join(CLASS_SYNSETS)} "
+                f"(or set algorithm.fedafd.benchmark=paper with data.dataset=cifar100); got data.dataset={config.data.dataset!r}"
+            )
+        if config.data.server_holdout <= 0:
+            raise UserError("fedafd needs a public paired set: set data.server_holdout > 0 (public images)")
+
+    def _check_paper_settings(self, config: Any) -> None:
+        """The paper benchmark's dataset, split sizes and paths, before anything is loaded."""
+        p = self.params
+        if config.data.dataset != "cifar100":
+            raise UserError(f"algorithm.fedafd.benchmark=paper has CIFAR-100 image clients: set data.dataset=cifar100 "
+                            f"(and data.root=<folder holding cifar-100-python/>); got data.dataset={config.data.dataset!r}")
+        for name in ("public_pairs", "server_test_images", "flickr_test_images"):
+            if getattr(p, name) < 1:
+                raise UserError(f"algorithm.fedafd.{name} must be >= 1, got {getattr(p, name)}")
+        for name, (kind, what) in PAPER_PATHS.items():
+            check_path(name, getattr(p, name), kind, what)
+
     @cached_property
-    def benchmark(self) -> ClassLevelBenchmark:
+    def benchmark(self) -> MultimodalBenchmark:
+        """The clients', public and test data of the chosen ``benchmark`` (built once, on first use)."""
+        return self._paper_benchmark() if self.params.benchmark == "paper" else self._class_level_benchmark()
+
+    def _class_level_benchmark(self) -> MultimodalBenchmark:
         e, p = self.experiment, self.params
         text = split_class_text(
             class_sentences(e.config.data.dataset, tuple(e.dataset.classes)),
@@ -276,7 +383,26 @@ class FedAFD(Algorithm):
         )
         return class_level_benchmark(
             e.dataset, e.partitions, e.holdout_indices, [s.kind for s in self.specs], text,
-            seed=e.config.experiment.seed, test_size=p.test_size,
+            seed=e.config.experiment.seed, test_size=p.test_size, max_vocabulary=p.max_vocabulary,
+        )
+
+    def _paper_benchmark(self) -> MultimodalBenchmark:
+        """CIFAR-100 (the experiment's dataset), AG_NEWS, Flickr30k and COCO from the path
+        parameters; see :func:`~semanticfl.data.multimodal.paper_benchmark` for the splits."""
+        e, p = self.experiment, self.params
+        size = e.dataset.image_size
+        sets = PaperSets(
+            cifar100=e.dataset,
+            ag_news_train=load_ag_news(p.ag_news_train),
+            ag_news_test=load_ag_news(p.ag_news_test),
+            flickr30k=load_flickr30k(p.flickr30k_images, p.flickr30k_captions, size=size),
+            coco=load_coco_captions(p.coco_images, p.coco_annotations, size=size, limit=p.public_pairs + p.server_test_images),
+        )
+        return paper_benchmark(
+            sets, [s.kind for s in self.specs], e.partition_spec,
+            public_pairs=p.public_pairs, server_test_images=p.server_test_images, flickr_test_images=p.flickr_test_images,
+            seed=e.config.experiment.seed, train_fraction=e.config.data.train_fraction, test_size=p.test_size,
+            max_vocabulary=p.max_vocabulary,
         )
 
     # ------------------------------------------------------------------ models and data
@@ -296,7 +422,8 @@ class FedAFD(Algorithm):
         seed = int(np.random.SeedSequence([self.setup.seed, partition_id, _CLIENT_INIT_STREAM]).generate_state(1)[0])
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            return LocalModel(self.specs[partition_id], self.params, self.setup.num_classes,
+            spec = self.specs[partition_id]
+            return LocalModel(spec, self.params, self.benchmark.num_classes.get(spec.kind, 0),
                               self.benchmark.tokenizer, self._image_shape())
 
     def client_data(self, partition_id: int) -> MultimodalClientData:
@@ -439,7 +566,7 @@ class FedAFD(Algorithm):
         if local.head is not None:
             logits = local.head(next(iter(joined.values())))
             return {"test_top1": 100.0 * (logits.argmax(1) == labels).float().mean().item()}
-        recalls = retrieval_recalls(joined["image"], joined["text"], labels, labels)
+        recalls = pair_recalls(joined["image"], joined["text"], labels, self.benchmark.relevance)
         return {f"test_{k}": v for k, v in recalls.items()}
 
     @torch.no_grad()
@@ -523,13 +650,14 @@ class FedAFD(Algorithm):
         return state_to_numpy(model)
 
     def central_evaluation(self, model: nn.Module) -> dict[str, Any]:
-        """The server model's class-level R@1/5/10 both ways and rsum on the test pairs."""
-        test, device = self.benchmark.test_pairs, self.experiment.config.engine.device
+        """The server model's R@1/5/10 both ways and rsum on the server's test pairs (class-level,
+        or per image in the paper benchmark)."""
+        test, device = self.benchmark.server_test_pairs, self.experiment.config.engine.device
         transform = self.experiment.eval_transform()
         image = encode(model.image, test.images, 500, lambda x: transform(x, None).to(device))
         text = encode(model.text, test.tokens.to(device), 500)
         labels = test.labels.to(device)
-        return {f"server_{k}": v for k, v in retrieval_recalls(image, text, labels, labels).items()}
+        return {f"server_{k}": v for k, v in pair_recalls(image, text, labels, self.benchmark.relevance).items()}
 
     def round_metrics(self, updates: Sequence[ClientUpdate]) -> dict[str, Any]:
         """Each client's test metrics and their means per kind."""

@@ -89,7 +89,10 @@ def class_level_info_nce(image: Tensor, text: Tensor, labels: Tensor, temperatur
 
     ``S = I Tᵀ / τ`` on unit features; the target of row ``i`` is uniform over ``{j : y_j = y_i}``:
     ``L = ½ [CE(S, P) + CE(Sᵀ, P)]`` with ``P_ij = 1[y_i = y_j] / |{j : y_j = y_i}|``. With one
-    sample per class it is CLIP's loss.
+    sample per class it is CLIP's loss. With pair ids as labels (FedAFD's paper benchmark: the
+    row of the image a caption describes), ``P`` is the identity whenever a batch holds each image
+    once, so this is the ordinary image-text InfoNCE; two captions of one image in a batch are
+    each other's positives with weight ½ (a multi-positive InfoNCE).
     """
     logits = image @ text.T / temperature
     same = (labels[:, None] == labels[None, :]).float()

@@ -16,11 +16,17 @@ sentences are split (seeded) into disjoint public, client and test parts. Every 
   client's) paired with public sentences.
 
 Retrieval relevance is class-level too: a retrieved item is a hit when it has the query's class.
+
+**The paper's benchmark** (:func:`paper_benchmark`) builds the same :class:`MultimodalBenchmark`
+from the paper's sets, loaded from user paths: CIFAR-100 image clients, AG_NEWS text clients,
+Flickr30k image-text clients, and COCO's public and server-test pairs. Pair labels there are pair
+ids (the row of the image), so relevance is per image.
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import re
 from collections import Counter
@@ -33,6 +39,7 @@ import torch
 from PIL import Image
 
 from semanticfl.data.datasets import ImageDataset, images_to_tensor, load_image_dataset
+from semanticfl.data.partition import PartitionSpec, partition_indices
 from semanticfl.errors import UserError
 
 PAD, UNK = 0, 1
@@ -43,9 +50,11 @@ class WordTokenizer:
     """Lower-cased word tokens → ids (0 = padding, 1 = unknown), the vocabulary ordered by
     frequency then alphabetically, so the same sentences always give the same ids."""
 
-    def __init__(self, sentences: Sequence[str], max_length: int) -> None:
+    def __init__(self, sentences: Sequence[str], max_length: int, max_vocabulary: int = 0) -> None:
+        """``max_vocabulary`` > 0 keeps only that many words (the most frequent, ties broken
+        alphabetically); the others encode as unknown. Below the cap it changes nothing."""
         counts = Counter(word for sentence in sentences for word in _WORD.findall(sentence.lower()))
-        self.words = sorted(counts, key=lambda w: (-counts[w], w))
+        self.words = sorted(counts, key=lambda w: (-counts[w], w))[: max_vocabulary or None]
         """The vocabulary: word ``i`` has id ``i + 2``."""
         self.ids = {word: i + 2 for i, word in enumerate(self.words)}
         self.max_length = max_length
@@ -129,16 +138,45 @@ def assign_sentences(indices: np.ndarray, labels: np.ndarray, pool: list[list[st
     return [pool[int(y)][int(draws[int(i)]) % len(pool[int(y)])] for i, y in zip(indices, labels)]
 
 
+RELEVANCES = ("class", "image")
+
+
 @dataclass
-class ClassLevelBenchmark:
-    """Every client's, the public and the test data of the class-level image-text benchmark."""
+class MultimodalBenchmark:
+    """Every client's, the public and the test data of an image-text benchmark (class-level or
+    the paper's sets).
+
+    ``relevance`` says what a pair set's labels are: ``"class"`` (class-level pairing: a
+    retrieved item is a hit when it has the query's class) or ``"image"`` (the labels are pair
+    ids, the row of the image a caption describes: a hit only for the right image).
+    """
 
     tokenizer: WordTokenizer
     public: ModalData
     test_images: ModalData
     test_text: ModalData
     test_pairs: ModalData
+    """The image-text clients' test pairs."""
     clients: list[ModalData]
+    num_classes: dict[str, int]
+    """Classes of the ``image`` and ``text`` clients' tasks."""
+    server_test_pairs: ModalData
+    """The server model's test pairs (the clients' ones in the class-level benchmark)."""
+    relevance: str = "class"
+
+
+ClassLevelBenchmark = MultimodalBenchmark
+"""The former name, kept for callers."""
+
+
+def test_subset(n: int, size: int, rng: np.random.Generator) -> np.ndarray:
+    """A seeded random subset of ``size`` of ``range(n)`` (all of it if ``size`` is 0), sorted."""
+    return np.sort(rng.permutation(n)[: min(size or n, n)])
+
+
+def labelled_images(images: np.ndarray, labels: np.ndarray, index: np.ndarray) -> ModalData:
+    """Rows ``index`` of an image set with their class labels."""
+    return ModalData(labels=torch.from_numpy(np.asarray(labels)[index].astype(np.int64)), images=images_to_tensor(images, index))
 
 
 def class_level_benchmark(
@@ -150,14 +188,15 @@ def class_level_benchmark(
     seed: int,
     max_tokens: int = 32,
     test_size: int = 0,
-) -> ClassLevelBenchmark:
+    max_vocabulary: int = 0,
+) -> MultimodalBenchmark:
     """Build the benchmark for clients of ``kinds`` ("image", "text", "pair") over ``partitions``
     (indices into ``dataset``'s training split). ``test_size`` > 0 keeps a seeded random subset of
     that many test images."""
     if len(public_indices) == 0:
         raise UserError("the image-text benchmark needs a public set: set data.server_holdout > 0")
     all_sentences = [s for part in (text.public, text.client, text.test) for c in part for s in c]
-    tokenizer = WordTokenizer(all_sentences, max_tokens)
+    tokenizer = WordTokenizer(all_sentences, max_tokens, max_vocabulary)
     rng = np.random.default_rng(seed)
     train_draws = rng.integers(0, 2**31, size=len(dataset.train_labels))
     test_draws = rng.integers(0, 2**31, size=len(dataset.test_labels))
@@ -172,19 +211,19 @@ def class_level_benchmark(
         )
 
     clients = [samples(part, kind, text.client, train_draws, "train") for part, kind in zip(partitions, kinds)]
-    n_test = len(dataset.test_labels)
-    test_index = np.sort(rng.permutation(n_test)[: min(test_size or n_test, n_test)])
+    test_index = test_subset(len(dataset.test_labels), test_size, rng)
     test_sentences = [(s, y) for y, part in enumerate(text.test) for s in part]
-    return ClassLevelBenchmark(
+    test_pairs = samples(test_index, "pair", text.test, test_draws, "test")
+    return MultimodalBenchmark(
         tokenizer=tokenizer,
         public=samples(np.asarray(public_indices), "pair", text.public, train_draws, "train"),
-        test_images=samples(test_index, "image", text.test, test_draws, "test"),
-        test_text=ModalData(
-            labels=torch.tensor([y for _, y in test_sentences], dtype=torch.int64),
-            tokens=tokenizer.encode([s for s, _ in test_sentences]),
-        ),
-        test_pairs=samples(test_index, "pair", text.test, test_draws, "test"),
+        test_images=labelled_images(dataset.test_images, dataset.test_labels, test_index),
+        test_text=LabelledText([s for s, _ in test_sentences], np.asarray([y for _, y in test_sentences]), ()).samples(tokenizer),
+        test_pairs=test_pairs,
         clients=clients,
+        num_classes={"image": dataset.num_classes, "text": dataset.num_classes},
+        server_test_pairs=test_pairs,
+        relevance="class",
     )
 
 
@@ -199,6 +238,14 @@ class LabelledText:
     labels: np.ndarray
     classes: tuple[str, ...]
 
+    def samples(self, tokenizer: WordTokenizer, index: np.ndarray | None = None) -> ModalData:
+        """Rows ``index`` (all if None) as token ids with their labels."""
+        index = np.arange(len(self.texts)) if index is None else np.asarray(index, dtype=np.int64)
+        return ModalData(
+            labels=torch.from_numpy(np.asarray(self.labels, dtype=np.int64)[index]),
+            tokens=tokenizer.encode([self.texts[i] for i in index]),
+        )
+
 
 @dataclass
 class CaptionedImages:
@@ -210,6 +257,26 @@ class CaptionedImages:
     captions: list[str]
     caption_image: np.ndarray
     names: list[str]
+
+    def caption_rows(self, image_rows: np.ndarray, first_only: bool = False) -> np.ndarray:
+        """The captions (indices, ascending) of the images ``image_rows``; only each image's first
+        one with ``first_only``."""
+        rows = np.flatnonzero(np.isin(self.caption_image, image_rows))
+        if first_only:
+            _, first = np.unique(self.caption_image[rows], return_index=True)
+            rows = rows[np.sort(first)]
+        return rows
+
+    def pairs(self, tokenizer: WordTokenizer, image_rows: np.ndarray, first_only: bool = False) -> ModalData:
+        """One sample per (image, caption) pair of the images ``image_rows``, labelled by its pair
+        id: the image's row, shared by all its captions, so retrieval counts only the right image."""
+        rows = self.caption_rows(image_rows, first_only)
+        image_of = self.caption_image[rows]
+        return ModalData(
+            labels=torch.from_numpy(image_of.astype(np.int64)),
+            images=images_to_tensor(self.images, image_of),
+            tokens=tokenizer.encode([self.captions[j] for j in rows]),
+        )
 
 
 AG_NEWS_CLASSES = ("World", "Sports", "Business", "Sci/Tech")
@@ -303,3 +370,130 @@ def load_coco_captions(images_dir: str | Path, annotations_json: str | Path, siz
     except (json.JSONDecodeError, KeyError, TypeError) as exc:
         raise UserError(f"{path} is not a COCO captions file ({type(exc).__name__}: {exc})") from None
     return _captioned(folder, pairs, size, limit)
+
+
+# --------------------------------------------------------------------------- the paper's benchmark
+
+
+@dataclass
+class PaperSets:
+    """The paper's four sets, loaded: CIFAR-100 (image clients), AG_NEWS train/test (text
+    clients), Flickr30k (image-text clients) and COCO captions (the server's public and test pairs)."""
+
+    cifar100: ImageDataset
+    ag_news_train: LabelledText
+    ag_news_test: LabelledText
+    flickr30k: CaptionedImages
+    coco: CaptionedImages
+
+
+def subsample(n: int, fraction: float, seed: int) -> np.ndarray:
+    """A seeded ``fraction`` of ``range(n)`` (at least one), sorted; all of it at fraction 1."""
+    if fraction >= 1:
+        return np.arange(n)
+    keep = max(1, int(round(fraction * n)))
+    return np.sort(np.random.default_rng(seed).choice(n, size=keep, replace=False))
+
+
+def partition_pool(labels: np.ndarray, spec: PartitionSpec, count: int, num_classes: int, what: str) -> list[np.ndarray]:
+    """``labels`` (one kind's pool) split over that kind's ``count`` clients with the run's
+    partition scheme ``spec`` (its ``num_clients`` replaced by ``count``): positions into ``labels``."""
+    if count == 0:
+        return []
+    spec = dataclasses.replace(spec, num_clients=count)
+    spec.validate(len(labels), num_classes)
+    parts = partition_indices(np.asarray(labels), spec, num_classes)
+    empty = [i for i, part in enumerate(parts) if len(part) == 0]
+    if empty:
+        raise UserError(f"{what} clients {empty[:5]} received no samples; use fewer clients or a larger partition.alpha")
+    return parts
+
+
+def iid_split(items: np.ndarray, count: int, seed: int, what: str) -> list[np.ndarray]:
+    """``items`` shuffled (seeded) and cut into ``count`` near-equal parts, each sorted."""
+    if count > len(items):
+        raise UserError(f"{len(items)} {what} cannot be shared by {count} clients")
+    order = np.random.default_rng(seed).permutation(items)
+    return [np.sort(part) for part in np.array_split(order, count)] if count else []
+
+
+def _deal(kinds: Sequence[str], per_kind: dict[str, list[ModalData]]) -> list[ModalData]:
+    """Each client, in ``kinds``' order, gets the next of its kind's parts."""
+    queues = {kind: iter(parts) for kind, parts in per_kind.items()}
+    return [next(queues[kind]) for kind in kinds]
+
+
+def paper_benchmark(
+    sets: PaperSets,
+    kinds: Sequence[str],
+    spec: PartitionSpec,
+    *,
+    public_pairs: int,
+    server_test_images: int,
+    flickr_test_images: int,
+    seed: int,
+    train_fraction: float = 1.0,
+    test_size: int = 0,
+    max_tokens: int = 32,
+    max_vocabulary: int = 0,
+) -> MultimodalBenchmark:
+    """The FedAFD paper's setup (relevance per image):
+
+    * image clients: CIFAR-100 train (a seeded ``train_fraction``), split over the image clients
+      with the run's partition scheme; tested on ``test_size`` CIFAR-100 test images (0 = all);
+    * text clients: AG_NEWS train (the same fraction), split the same way by its 4 labels;
+      tested on the whole AG_NEWS test set;
+    * image-text clients: Flickr30k; its first ``flickr_test_images`` images with all their
+      captions are their test pairs, the other images (the same fraction) are split IID by image
+      and every (image, caption) pair of a client's images is one sample;
+    * server: COCO's first ``public_pairs`` images with their first caption each are the public
+      set; the next ``server_test_images`` images with all their captions its test pairs.
+
+    Pair labels are pair ids (the image's row in its set). The vocabulary is built from the
+    training side only (clients' texts and the public captions), capped at ``max_vocabulary``.
+    """
+    counts = {kind: sum(k == kind for k in kinds) for kind in ("image", "text", "pair")}
+    coco, flickr = sets.coco, sets.flickr30k
+    if len(coco.names) < public_pairs + server_test_images:
+        raise UserError(
+            f"COCO holds {len(coco.names)} captioned images, fewer than algorithm.fedafd.public_pairs + "
+            f"server_test_images = {public_pairs + server_test_images}"
+        )
+    if len(flickr.names) <= flickr_test_images:
+        raise UserError(
+            f"Flickr30k holds {len(flickr.names)} images: none left for the image-text clients after "
+            f"algorithm.fedafd.flickr_test_images = {flickr_test_images}"
+        )
+    fraction_seed = np.random.SeedSequence([seed, 15485863]).generate_state(3)
+    image_pool = subsample(len(sets.cifar100.train_labels), train_fraction, int(fraction_seed[0]))
+    text_pool = subsample(len(sets.ag_news_train.texts), train_fraction, int(fraction_seed[1]))
+    flickr_train = np.arange(flickr_test_images, len(flickr.names))
+    flickr_train = flickr_train[subsample(len(flickr_train), train_fraction, int(fraction_seed[2]))]
+    image_parts = [image_pool[p] for p in partition_pool(
+        sets.cifar100.train_labels[image_pool], spec, counts["image"], sets.cifar100.num_classes, "image")]
+    text_parts = [text_pool[p] for p in partition_pool(
+        sets.ag_news_train.labels[text_pool], spec, counts["text"], len(sets.ag_news_train.classes), "text")]
+    pair_parts = iid_split(flickr_train, counts["pair"], spec.seed, "Flickr30k training images")
+    public_rows = coco.caption_rows(np.arange(public_pairs), first_only=True)
+    vocabulary = [sets.ag_news_train.texts[i] for part in text_parts for i in part]
+    vocabulary += [flickr.captions[j] for j in flickr.caption_rows(flickr_train)]
+    vocabulary += [coco.captions[j] for j in public_rows]
+    tokenizer = WordTokenizer(vocabulary, max_tokens, max_vocabulary)
+    cifar = sets.cifar100
+    test_index = test_subset(len(cifar.test_labels), test_size, np.random.default_rng(seed))
+    per_kind = {
+        "image": [labelled_images(cifar.train_images, cifar.train_labels, part) for part in image_parts],
+        "text": [sets.ag_news_train.samples(tokenizer, part) for part in text_parts],
+        "pair": [flickr.pairs(tokenizer, part) for part in pair_parts],
+    }
+    return MultimodalBenchmark(
+        tokenizer=tokenizer,
+        public=coco.pairs(tokenizer, np.arange(public_pairs), first_only=True),
+        test_images=labelled_images(cifar.test_images, cifar.test_labels, test_index),
+        test_text=sets.ag_news_test.samples(tokenizer),
+        test_pairs=flickr.pairs(tokenizer, np.arange(flickr_test_images)),
+        clients=_deal(kinds, per_kind),
+        num_classes={"image": cifar.num_classes, "text": len(sets.ag_news_train.classes)},
+        server_test_pairs=coco.pairs(tokenizer, np.arange(public_pairs, public_pairs + server_test_images)),
+        relevance="image",
+    )
