@@ -45,10 +45,11 @@ image-text clients PCME; here both use a class-level symmetric InfoNCE
 (:func:`~semanticfl.algorithms.multimodal.class_level_info_nce`), since the offline benchmark pairs
 at class level. On the paper benchmark the labels are pair ids (one per image), so the same loss is
 the ordinary image-text InfoNCE: the public set holds each image once (the identity target), and
-in an image-text client's batch only captions of the same image are positives. "MSE" is the per-sample squared distance (summed over the d dims). ``M`` is one gate
-applied twice, as the formula writes it. BAA runs ``baa_epochs`` passes over the public set at the
-start of a round, then ``train.local_epochs`` epochs of the local task. Client models, optimisers
-and discriminators are re-created each round from the client's state (momentum is not kept).
+in an image-text client's batch only captions of the same image are positives. "MSE" is the
+per-sample squared distance (summed over the d dims). ``M`` is one gate applied twice, as the
+formula writes it. BAA runs ``baa_epochs`` passes over the public set at the start of a round,
+then ``train.local_epochs`` epochs of the local task. Client models, optimisers and
+discriminators are re-created each round from the client's state (momentum is not kept).
 """
 
 from __future__ import annotations
@@ -263,11 +264,16 @@ def check_path(name: str, value: str, kind: str, what: str) -> None:
     path = Path(value).expanduser()
     exists = path.is_file() if kind == "file" else path.is_dir()
     if not exists:
-        found = "is a folder, not a file" if path.is_dir() else "is a file, not a folder" if path.exists() else "does not exist"
+        if path.is_dir():
+            found = "is a folder, not a file"
+        else:
+            found = "is a file, not a folder" if path.exists() else "does not exist"
         raise UserError(f"algorithm.fedafd.{name}={value!r} {found} (expected {what})")
 
 
-def pair_recalls(image: Tensor, text: Tensor, labels: Tensor, relevance: str, ks: Sequence[int] = RECALL_KS) -> dict[str, float]:
+def pair_recalls(
+    image: Tensor, text: Tensor, labels: Tensor, relevance: str, ks: Sequence[int] = RECALL_KS
+) -> dict[str, float]:
     """R@K both ways and rsum on test pairs (one row per (image, text) pair, ``labels`` per row).
 
     ``relevance="class"``: class-level, every row is a query (:func:`retrieval_recalls`).
@@ -318,7 +324,9 @@ class FedAFD(Algorithm):
     def bind(self, experiment: ExperimentView) -> None:
         p, config = self.params, experiment.config
         if p.benchmark not in BENCHMARKS:
-            raise UserError(f"algorithm.fedafd.benchmark must be one of {', '.join(BENCHMARKS)}, got {p.benchmark!r}")
+            raise UserError(
+                f"algorithm.fedafd.benchmark must be one of {', '.join(BENCHMARKS)}, got {p.benchmark!r}"
+            )
         if p.benchmark == "paper":
             self._check_paper_settings(config)
         else:
@@ -331,7 +339,9 @@ class FedAFD(Algorithm):
             raise UserError(f"algorithm.fedafd.adversarial_loss must be one of {', '.join(ADVERSARIAL_LOSSES)}, got {p.adversarial_loss!r}")
         if p.aggregation not in AGGREGATIONS:
             raise UserError(f"algorithm.fedafd.aggregation must be one of {', '.join(AGGREGATIONS)}, got {p.aggregation!r}")
-        for name in ("feature_dim", "baa_epochs", "server_epochs", "max_sentences_per_class", "max_vocabulary"):
+        at_least_one = ("feature_dim", "baa_epochs", "server_epochs", "max_sentences_per_class",
+                        "max_vocabulary")
+        for name in at_least_one:
             if getattr(p, name) < 1:
                 raise UserError(f"algorithm.fedafd.{name} must be >= 1, got {getattr(p, name)}")
         for name in ("beta", "gamma", "test_size", "target_rsum"):
@@ -353,7 +363,8 @@ class FedAFD(Algorithm):
         if config.data.dataset not in CLASS_SYNSETS:
             raise UserError(
                 f"fedafd runs on the class-level image-text benchmark of: {', '.join(CLASS_SYNSETS)} "
-                f"(or set algorithm.fedafd.benchmark=paper with data.dataset=cifar100); got data.dataset={config.data.dataset!r}"
+                "(or set algorithm.fedafd.benchmark=paper with data.dataset=cifar100); "
+                f"got data.dataset={config.data.dataset!r}"
             )
         if config.data.server_holdout <= 0:
             raise UserError("fedafd needs a public paired set: set data.server_holdout > 0 (public images)")
@@ -362,8 +373,10 @@ class FedAFD(Algorithm):
         """The paper benchmark's dataset, split sizes and paths, before anything is loaded."""
         p = self.params
         if config.data.dataset != "cifar100":
-            raise UserError(f"algorithm.fedafd.benchmark=paper has CIFAR-100 image clients: set data.dataset=cifar100 "
-                            f"(and data.root=<folder holding cifar-100-python/>); got data.dataset={config.data.dataset!r}")
+            raise UserError(
+                "algorithm.fedafd.benchmark=paper has CIFAR-100 image clients: set data.dataset=cifar100 "
+                f"(and data.root=<folder with cifar-100-python/>); got data.dataset={config.data.dataset!r}"
+            )
         for name in ("public_pairs", "server_test_images", "flickr_test_images"):
             if getattr(p, name) < 1:
                 raise UserError(f"algorithm.fedafd.{name} must be >= 1, got {getattr(p, name)}")
@@ -396,11 +409,15 @@ class FedAFD(Algorithm):
             ag_news_train=load_ag_news(p.ag_news_train),
             ag_news_test=load_ag_news(p.ag_news_test),
             flickr30k=load_flickr30k(p.flickr30k_images, p.flickr30k_captions, size=size),
-            coco=load_coco_captions(p.coco_images, p.coco_annotations, size=size, limit=p.public_pairs + p.server_test_images),
+            coco=load_coco_captions(
+                p.coco_images, p.coco_annotations, size=size, limit=p.public_pairs + p.server_test_images
+            ),
         )
         return paper_benchmark(
             sets, [s.kind for s in self.specs], e.partition_spec,
-            public_pairs=p.public_pairs, server_test_images=p.server_test_images, flickr_test_images=p.flickr_test_images,
+            public_pairs=p.public_pairs,
+            server_test_images=p.server_test_images,
+            flickr_test_images=p.flickr_test_images,
             seed=e.config.experiment.seed, train_fraction=e.config.data.train_fraction, test_size=p.test_size,
             max_vocabulary=p.max_vocabulary,
         )
@@ -522,7 +539,8 @@ class FedAFD(Algorithm):
 
     def _task_loss(self, local: LocalModel, features: dict[str, Tensor], labels: Tensor) -> tuple[Tensor, Tensor]:
         """(loss, number of correct predictions): cross-entropy, or the retrieval loss for pairs
-        (correct = the most similar text in the batch has the image's class)."""
+        (correct = the most similar text in the batch has the image's label: its class, or its pair
+        id on the paper benchmark)."""
         if local.head is not None:
             logits = local.head(next(iter(features.values())))
             return F.cross_entropy(logits, labels), (logits.argmax(1) == labels).sum()
@@ -657,7 +675,8 @@ class FedAFD(Algorithm):
         image = encode(model.image, test.images, 500, lambda x: transform(x, None).to(device))
         text = encode(model.text, test.tokens.to(device), 500)
         labels = test.labels.to(device)
-        return {f"server_{k}": v for k, v in pair_recalls(image, text, labels, self.benchmark.relevance).items()}
+        recalls = pair_recalls(image, text, labels, self.benchmark.relevance)
+        return {f"server_{k}": v for k, v in recalls.items()}
 
     def round_metrics(self, updates: Sequence[ClientUpdate]) -> dict[str, Any]:
         """Each client's test metrics and their means per kind."""

@@ -176,7 +176,8 @@ def test_subset(n: int, size: int, rng: np.random.Generator) -> np.ndarray:
 
 def labelled_images(images: np.ndarray, labels: np.ndarray, index: np.ndarray) -> ModalData:
     """Rows ``index`` of an image set with their class labels."""
-    return ModalData(labels=torch.from_numpy(np.asarray(labels)[index].astype(np.int64)), images=images_to_tensor(images, index))
+    labels = torch.from_numpy(np.asarray(labels)[index].astype(np.int64))
+    return ModalData(labels=labels, images=images_to_tensor(images, index))
 
 
 def class_level_benchmark(
@@ -218,7 +219,10 @@ def class_level_benchmark(
         tokenizer=tokenizer,
         public=samples(np.asarray(public_indices), "pair", text.public, train_draws, "train"),
         test_images=labelled_images(dataset.test_images, dataset.test_labels, test_index),
-        test_text=LabelledText([s for s, _ in test_sentences], np.asarray([y for _, y in test_sentences]), ()).samples(tokenizer),
+        test_text=ModalData(
+            labels=torch.tensor([y for _, y in test_sentences], dtype=torch.int64),
+            tokens=tokenizer.encode([s for s, _ in test_sentences]),
+        ),
         test_pairs=test_pairs,
         clients=clients,
         num_classes={"image": dataset.num_classes, "text": dataset.num_classes},
@@ -395,7 +399,9 @@ def subsample(n: int, fraction: float, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(n, size=keep, replace=False))
 
 
-def partition_pool(labels: np.ndarray, spec: PartitionSpec, count: int, num_classes: int, what: str) -> list[np.ndarray]:
+def partition_pool(
+    labels: np.ndarray, spec: PartitionSpec, count: int, num_classes: int, what: str
+) -> list[np.ndarray]:
     """``labels`` (one kind's pool) split over that kind's ``count`` clients with the run's
     partition scheme ``spec`` (its ``num_clients`` replaced by ``count``): positions into ``labels``."""
     if count == 0:
@@ -405,7 +411,9 @@ def partition_pool(labels: np.ndarray, spec: PartitionSpec, count: int, num_clas
     parts = partition_indices(np.asarray(labels), spec, num_classes)
     empty = [i for i, part in enumerate(parts) if len(part) == 0]
     if empty:
-        raise UserError(f"{what} clients {empty[:5]} received no samples; use fewer clients or a larger partition.alpha")
+        raise UserError(
+            f"{what} clients {empty[:5]} received no samples; use fewer clients or a larger partition.alpha"
+        )
     return parts
 
 
