@@ -110,4 +110,5 @@ for setting in dir0.05 dir0.5 c2; do
   for method in "${baseline_rows[@]}"; do row "$setting" 0 "$method"; done
 done
 for setting in dir0.05 dir0.5 c2; do row "$setting" 0 semanticfl_offload; done
+seeds feddifrc semanticfl_offload
 python benchmarks/headline_table.py "$out"
