@@ -310,3 +310,23 @@ def test_one_client_round_and_aggregation_on_the_tiny_paper_files(paper_paths):
     assert 0 <= result["server_rsum"] <= 600
     means = set(algorithm.round_metrics(updates))
     assert means >= {"client_image_top1", "client_text_top1", "client_pair_rsum"}
+
+
+def test_the_shipped_fedafd_paper_config_has_the_papers_setting_and_binds_on_the_files(paper_paths):
+    """``semanticfl run fedafd_paper`` + the paths: 3 image, 3 text, 4 image-text clients, all every
+    round, 40 rounds × 5 local epochs, Dirichlet α = 0.1, β = 0.5, γ = 0.4, 10,000 public pairs."""
+    from semanticfl.config import load_config
+    from semanticfl.engine.experiment import Experiment
+
+    config = load_config("fedafd_paper")
+    assert (config.train.rounds, config.train.local_epochs, config.train.fraction_fit) == (40, 5, 1.0)
+    assert (config.partition.scheme, config.partition.alpha, config.data.dataset) == ("dirichlet", 0.1, "cifar100")
+    # The tiny files hold a few samples: shrink the sets and the clients, keep the architectures.
+    small = ["partition.scheme=iid", "partition.num_clients=4", "algorithm.fedafd.public_pairs=6",
+             "algorithm.fedafd.server_test_images=3", "algorithm.fedafd.flickr_test_images=2",
+             'algorithm.fedafd.clients=["image:resnet18", "text:gru", "pair:resnet18+gru", "pair:resnet18+gru"]']
+    overrides = [*(f"{k}={json.dumps(v)}" for k, v in paper_paths.items()), *small]
+    algorithm = Experiment(load_config("fedafd_paper", overrides)).algorithm
+    assert (algorithm.params.beta, algorithm.params.gamma, algorithm.params.benchmark) == (0.5, 0.4, "paper")
+    assert algorithm.local_model(0).head.out_features == 100 and algorithm.local_model(1).head.out_features == 4
+    assert [len(c) for c in algorithm.benchmark.clients] == [60, 24, 6, 6]
