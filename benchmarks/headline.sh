@@ -37,12 +37,10 @@ method_overrides() {
     feddifrc_gap) echo "algorithm.name=feddifrc algorithm.feddifrc.reduction=gap" ;;
     semanticfl_anchors_public)
       echo "algorithm.name=semanticfl algorithm.semanticfl.mode=anchors algorithm.semanticfl.anchor_public_per_class=100" ;;
-    semanticfl_no_latent)
-      echo "algorithm.name=semanticfl algorithm.semanticfl.mode=local algorithm.semanticfl.layers=[\"up-3\",\"up-2\",\"up-1\"] algorithm.semanticfl.layer_dims=[128,128,64]" ;;
-    semanticfl_no_unet)
-      echo "algorithm.name=semanticfl algorithm.semanticfl.mode=local algorithm.semanticfl.layers=[\"latent\"] algorithm.semanticfl.layer_dims=[32]" ;;
-    semanticfl_no_kd) echo "algorithm.name=semanticfl algorithm.semanticfl.mode=local algorithm.semanticfl.lambda_kd=0" ;;
-    semanticfl_no_con) echo "algorithm.name=semanticfl algorithm.semanticfl.mode=local algorithm.semanticfl.lambda_con=0" ;;
+    semanticfl_no_latent) local_variant 'layers=["up-3","up-2","up-1"]' 'layer_dims=[128,128,64]' ;;
+    semanticfl_no_unet) local_variant 'layers=["latent"]' 'layer_dims=[32]' ;;
+    semanticfl_no_kd) local_variant lambda_kd=0 ;;
+    semanticfl_no_con) local_variant lambda_con=0 ;;
     semanticfl_kd3) local_variant lambda_kd=3 ;;
     semanticfl_kd0.3) local_variant lambda_kd=0.3 ;;
     semanticfl_kdtemp0.2) local_variant kd_temperature=0.2 ;;

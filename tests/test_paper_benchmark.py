@@ -14,8 +14,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from semanticfl.algorithms.base import ClientTask
-from semanticfl.algorithms.fedafd import PAPER_PATHS, pair_recalls
-from semanticfl.algorithms.multimodal import class_level_info_nce, retrieval_recalls
+from semanticfl.algorithms.fedafd import PAPER_PATHS
+from semanticfl.algorithms.multimodal import class_level_info_nce, pair_recalls, retrieval_recalls
 from semanticfl.data.datasets import DATASETS, ImageDataset
 from semanticfl.data.multimodal import (
     CaptionedImages,

@@ -76,13 +76,12 @@ from semanticfl.algorithms.base import (
 )
 from semanticfl.algorithms.multimodal import (
     ClientSpec,
-    RECALL_KS,
     MultimodalClientData,
     batches,
     class_level_info_nce,
     encode,
+    pair_recalls,
     parse_client_spec,
-    retrieval_recalls,
 )
 from semanticfl.data.multimodal import (
     ModalData,
@@ -253,7 +252,7 @@ def ensemble(client_features: Tensor, weights: Tensor) -> Tensor:
     return torch.einsum("cp,cpd->pd", weights, client_features)
 
 
-# --------------------------------------------------------------------------- paths and retrieval
+# --------------------------------------------------------------------------- paths
 
 
 def check_path(name: str, value: str, kind: str, what: str) -> None:
@@ -269,24 +268,6 @@ def check_path(name: str, value: str, kind: str, what: str) -> None:
         else:
             found = "is a file, not a folder" if path.exists() else "does not exist"
         raise UserError(f"algorithm.fedafd.{name}={value!r} {found} (expected {what})")
-
-
-def pair_recalls(
-    image: Tensor, text: Tensor, labels: Tensor, relevance: str, ks: Sequence[int] = RECALL_KS
-) -> dict[str, float]:
-    """R@K both ways and rsum on test pairs (one row per (image, text) pair, ``labels`` per row).
-
-    ``relevance="class"``: class-level, every row is a query (:func:`retrieval_recalls`).
-    ``relevance="image"``: ``labels`` are pair ids (the image's row, shared by its captions); each
-    image enters once, with its first row's feature, so image→text asks for any of the image's
-    captions in the top K and text→image for its own image among the distinct images (the
-    Flickr30k / COCO protocol).
-    """
-    if relevance == "class":
-        return retrieval_recalls(image, text, labels, labels, ks)
-    _, first = np.unique(labels.cpu().numpy(), return_index=True)
-    first = torch.from_numpy(first).to(labels.device)
-    return retrieval_recalls(image[first], text, labels[first], labels, ks)
 
 
 # --------------------------------------------------------------------------- client model
@@ -340,7 +321,7 @@ class FedAFD(Algorithm):
         if p.aggregation not in AGGREGATIONS:
             raise UserError(f"algorithm.fedafd.aggregation must be one of {', '.join(AGGREGATIONS)}, got {p.aggregation!r}")
         at_least_one = ("feature_dim", "baa_epochs", "server_epochs", "max_sentences_per_class",
-                        "max_vocabulary")
+                        "max_vocabulary", "public_pairs", "server_test_images", "flickr_test_images")
         for name in at_least_one:
             if getattr(p, name) < 1:
                 raise UserError(f"algorithm.fedafd.{name} must be >= 1, got {getattr(p, name)}")
@@ -377,9 +358,6 @@ class FedAFD(Algorithm):
                 "algorithm.fedafd.benchmark=paper has CIFAR-100 image clients: set data.dataset=cifar100 "
                 f"(and data.root=<folder with cifar-100-python/>); got data.dataset={config.data.dataset!r}"
             )
-        for name in ("public_pairs", "server_test_images", "flickr_test_images"):
-            if getattr(p, name) < 1:
-                raise UserError(f"algorithm.fedafd.{name} must be >= 1, got {getattr(p, name)}")
         for name, (kind, what) in PAPER_PATHS.items():
             check_path(name, getattr(p, name), kind, what)
 

@@ -5,6 +5,7 @@
   ``"pair:cnn+bow"``;
 * :func:`class_level_info_nce` -- the retrieval loss under class-level pairing;
 * :func:`retrieval_recalls` -- R@K in both directions and their sum (rsum);
+* :func:`pair_recalls` -- the same on test pairs, class-level or per image;
 * :func:`encode` -- batched, gradient-free features of a whole set.
 """
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -121,6 +123,25 @@ def retrieval_recalls(
             result[f"r{k}_{name}"] = 100.0 * hits[:, :k].any(dim=1).float().mean().item()
     result["rsum"] = sum(result.values())
     return result
+
+
+@torch.no_grad()
+def pair_recalls(
+    image: Tensor, text: Tensor, labels: Tensor, relevance: str, ks: Sequence[int] = RECALL_KS
+) -> dict[str, float]:
+    """R@K both ways and rsum on test pairs (one row per (image, text) pair, ``labels`` per row).
+
+    ``relevance="class"``: class-level, every row is a query (:func:`retrieval_recalls`).
+    ``relevance="image"``: ``labels`` are pair ids (the image's row, shared by its captions); each
+    image enters once, with its first row's feature, so image→text asks for any of the image's
+    captions in the top K and text→image for its own image among the distinct images (the
+    Flickr30k / COCO protocol).
+    """
+    if relevance == "class":
+        return retrieval_recalls(image, text, labels, labels, ks)
+    _, first = np.unique(labels.cpu().numpy(), return_index=True)
+    first = torch.from_numpy(first).to(labels.device)
+    return retrieval_recalls(image[first], text, labels[first], labels, ks)
 
 
 @torch.no_grad()

@@ -165,10 +165,6 @@ class MultimodalBenchmark:
     relevance: str = "class"
 
 
-ClassLevelBenchmark = MultimodalBenchmark
-"""The former name, kept for callers."""
-
-
 def test_subset(n: int, size: int, rng: np.random.Generator) -> np.ndarray:
     """A seeded random subset of ``size`` of ``range(n)`` (all of it if ``size`` is 0), sorted."""
     return np.sort(rng.permutation(n)[: min(size or n, n)])
