@@ -41,6 +41,7 @@ class RoundReporter:
             TimeRemainingColumn(),
             console=self.console,
             transient=True,
+            disable=not self.console.is_terminal,  # a log gets the round lines, not a bar
         )
         self.task = self.progress.add_task("rounds", total=total_rounds, completed=start_round - 1)
         self.times: list[float] = []
@@ -57,7 +58,7 @@ class RoundReporter:
         remaining = self.total - record["round"]
         eta = sum(self.times) / len(self.times) * remaining
         line = format_round(record, self.total)
-        self.progress.console.print(f"{line}  ETA {_clock(eta)}" if remaining else line)
+        self.progress.console.print(f"{line}  ETA {_clock(eta)}" if remaining else line, soft_wrap=True)
         self.progress.advance(self.task)
 
 

@@ -8,6 +8,12 @@ from typing import Any
 
 from semanticfl.engine.experiment import Experiment
 
+FLOWER_LEVEL = logging.ERROR
+"""Flower's log level during a simulation, in this process and in the Ray actors (which read
+``FLWR_LOG_LEVEL`` when they start): its INFO/WARNING lines are plumbing, e.g. each actor's
+"Manually terminating ClientAppActor" at shutdown. A client's error still comes back to the
+server as a failed reply and is reported there. Export ``FLWR_LOG_LEVEL=INFO`` to see them."""
+
 
 def available_cores() -> int:
     return max(1, len(os.sched_getaffinity(0)))
@@ -41,6 +47,7 @@ def run_simulation_engine(
     """Run the experiment with ``partition.num_clients`` virtual SuperNodes; returns the summary."""
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    os.environ.setdefault("FLWR_LOG_LEVEL", logging.getLevelName(FLOWER_LEVEL))
     from flwr.simulation import run_simulation
 
     from semanticfl.engine.apps import build_server_app
@@ -50,7 +57,7 @@ def run_simulation_engine(
     server_app = build_server_app(experiment, config_toml, run_dir, resume, until_round, result)
     flwr_logger = logging.getLogger("flwr")
     level = flwr_logger.level
-    flwr_logger.setLevel(logging.ERROR)
+    flwr_logger.setLevel(FLOWER_LEVEL)
     try:
         run_simulation(
             server_app=server_app,
