@@ -2,8 +2,11 @@
 # FedAFD's table (BENCHMARKS.md): the shipped multimodal_cifar10 config (CIFAR-10 + WordNet class-level
 # image-text benchmark; 3 image, 3 text, 4 image-text clients, all every round; 6 rounds x 2 local
 # epochs; 1,000 public pairs), IID and Dirichlet alpha = 0.1, FedAFD against LOCAL, CreamFL-style and
-# the three ablations, and FedAFD with β = 0.05 (BAA's weight at a tenth of the paper's). A finished row is skipped, so the script can be stopped and started again.
-#   ./benchmarks/fedafd.sh [OUT]
+# the three ablations, FedAFD with β = 0.05 (BAA's weight at a tenth of the paper's), and FedAFD as its public
+# code runs it (algorithm.fedafd.variant=code); at IID also LOCAL, FedAFD and the code variant with
+# MiniLM text encoders (frozen, pretrained; a trainable head) in every text and image-text client.
+# A finished row is skipped, so the script can be stopped and started again.
+#   ./benchmarks/fedafd.sh [OUT] [SETTING-METHOD ...]   # only these rows, in this order (e.g. iid-code)
 #   python benchmarks/fedafd_table.py [OUT]     # -> benchmarks/results/fedafd.json + Markdown
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,9 +19,12 @@ setting_overrides() {
   esac
 }
 
+minilm_clients='["image:cnn","image:cnn","image:cnn","text:minilm","text:minilm","text:minilm","pair:cnn+minilm","pair:cnn+minilm","pair:cnn+minilm","pair:cnn+minilm"]'
+
 method_overrides() {
   local p=algorithm.fedafd
   case $1 in
+    minilm_*) echo "$p.clients=$minilm_clients $(method_overrides "${1#minilm_}")" ;;
     fedafd) echo "" ;;
     local) echo "$p.collaborate=false" ;;
     creamfl_style) echo "$p.aggregation=creamfl $p.baa=false $p.gff=false" ;;
@@ -26,6 +32,7 @@ method_overrides() {
     no_gff) echo "$p.gff=false" ;;
     no_sed) echo "$p.aggregation=mean" ;;
     fedafd_beta*) echo "$p.beta=${1#fedafd_beta}" ;;  # BAA's weight: a sensitivity row, not a tuned one
+    code) echo "$p.variant=code" ;;
   esac
 }
 
@@ -38,7 +45,12 @@ row() {  # row SETTING METHOD
     $(setting_overrides "$1") $(method_overrides "$2")
 }
 
+if [ $# -gt 1 ]; then
+  for name in "${@:2}"; do row "${name%%-*}" "${name#*-}"; done
+  exit
+fi
 for setting in dir0.1 iid; do
-  for method in fedafd local creamfl_style no_baa no_gff no_sed fedafd_beta0.05; do row "$setting" "$method"; done
+  for method in fedafd local creamfl_style no_baa no_gff no_sed fedafd_beta0.05 code; do row "$setting" "$method"; done
 done
+for method in minilm_local minilm_fedafd minilm_code; do row iid "$method"; done
 python benchmarks/fedafd_table.py "$out"

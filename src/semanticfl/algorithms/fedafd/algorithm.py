@@ -69,6 +69,7 @@ _SERVER_STREAM = 2038074743  # the server's per-round RNG stream
 _CLIENT_INIT_STREAM = 1000003  # a client's model initialisation
 _GATE_STREAM = 1000033  # a client's fresh GFF gates of a round (gff_fresh_each_round)
 _DISTILL_STATE = "distill_optimizer."
+_DIAGNOSTICS = ("baa_grad_norm", "task_grad_norm")
 
 
 # --------------------------------------------------------------------------- paths
@@ -234,7 +235,7 @@ class FedAFD(Algorithm):
                 for _ in range(p.baa_epochs):
                     baa.run_pass(data, settings.batch_size, generator)
             local_task.run_epoch(global_model, data, generator)
-        metrics = {"baa_loss": baa.mean_loss() if baa is not None else 0.0, **local_task.metrics()}
+        metrics = {**(baa.metrics() if baa is not None else {"baa_loss": 0.0}), **local_task.metrics()}
         metrics.update(self.client_test(local, global_model, data, settings))
         extra = self.public_features(local, data, settings) if p.collaborate else {}
         task.state.clear()
@@ -411,13 +412,16 @@ class FedAFD(Algorithm):
         return {f"server_{k}": v for k, v in recalls.items()}
 
     def round_metrics(self, updates: Sequence[ClientUpdate]) -> dict[str, Any]:
-        """Each client's test metrics and their means per kind."""
+        """Each client's test metrics, and per kind their means and those of the gradient diagnostics
+        (``baa_grad_norm``, ``task_grad_norm``: the mean norm per step of each loss's gradient on the
+        feature encoders)."""
         per_kind: dict[str, list[dict[str, float]]] = {}
         tests = {}
         for update in updates:
             kind = self.specs[update.client_id].kind
             result = {k[len("test_"):]: v for k, v in update.metrics.items() if k.startswith("test_")}
-            per_kind.setdefault(kind, []).append(result)
+            diagnostics = {k: update.metrics[k] for k in _DIAGNOSTICS if k in update.metrics}
+            per_kind.setdefault(kind, []).append({**result, **diagnostics})
             tests[str(update.client_id)] = {"kind": kind, **result}
         means = {
             f"client_{kind}_{key}": float(np.mean([r[key] for r in results]))

@@ -56,6 +56,10 @@ class LocalModel(nn.Module):
         skip = ("d_intra", "d_cross") if with_gates else ("d_intra", "d_cross", "fuse_image", "fuse_text")
         return [p for name, p in self.named_parameters() if not name.startswith(skip)]
 
+    def feature_encoder_parameters(self) -> list[nn.Parameter]:
+        """The image and text encoders' parameters (no head, gates or discriminators)."""
+        return [p for encoder in (self.image_encoder, self.text_encoder) if encoder is not None for p in encoder.parameters()]
+
     def gate_parameters(self) -> list[nn.Parameter]:
         return [p for gate in self.gates() for p in gate.parameters()]
 
@@ -111,6 +115,22 @@ class LocalModel(nn.Module):
         return loss, (labels[(image @ text.T).argmax(1)] == labels).sum()
 
 
+class GradientNorms:
+    """The mean over steps of the L2 norm of the gradient on some parameters: how hard a loss pushes
+    the feature encoders (the ``baa_grad_norm`` / ``task_grad_norm`` diagnostics)."""
+
+    def __init__(self, parameters: list[nn.Parameter]) -> None:
+        self.parameters, self.total, self.steps = parameters, 0.0, 0
+
+    def add(self) -> None:
+        grads = [p.grad.detach().norm() for p in self.parameters if p.grad is not None]
+        self.total += torch.stack(grads).norm().item() if grads else 0.0
+        self.steps += 1
+
+    def mean(self) -> float:
+        return self.total / max(self.steps, 1)
+
+
 def _sgd(parameters: list[nn.Parameter], settings: LocalSettings, weight_decay: bool = True) -> torch.optim.SGD:
     return torch.optim.SGD(parameters, lr=settings.lr, momentum=settings.momentum,
                            weight_decay=settings.weight_decay if weight_decay else 0.0)
@@ -143,6 +163,7 @@ class AdversarialAlignment:
             moved = {id(p) for p in batchnorm_parameters(local)}
             self.frozen = [p for p in local.encoder_parameters() if id(p) not in moved]
         self.loss_sum, self.steps = 0.0, 0
+        self.grad_norms = GradientNorms(local.feature_encoder_parameters())
 
     def run_pass(self, data: MultimodalClientData, batch_size: int, generator: torch.Generator) -> None:
         """One pass over the public set in shuffled batches."""
@@ -164,11 +185,13 @@ class AdversarialAlignment:
             loss.backward()
             for parameter in self.frozen:  # the code's apex-O2 image-text clients: no master gradient
                 parameter.grad = None
+            self.grad_norms.add()
             self.e_optimizer.step()
             self.loss_sum, self.steps = self.loss_sum + loss.item(), self.steps + 1
 
-    def mean_loss(self) -> float:
-        return self.loss_sum / max(self.steps, 1)
+    def metrics(self) -> dict[str, float]:
+        """The mean encoder loss and the mean norm of its gradient on the feature encoders."""
+        return {"baa_loss": self.loss_sum / max(self.steps, 1), "baa_grad_norm": self.grad_norms.mean()}
 
     def state(self) -> Arrays:
         """D's optimiser state to keep in the client state (none unless ``keep_discriminator_optimizer``)."""
@@ -193,6 +216,7 @@ class LocalTask:
                 weight_decay=params.pair_gff_weight_decay if pair else params.gff_weight_decay,
             ))
         self.loss_sum, self.correct, self.seen, self.steps = 0.0, 0, 0, 0
+        self.grad_norms = GradientNorms(local.feature_encoder_parameters())
 
     def run_epoch(self, global_model: ImageTextModel, data: MultimodalClientData, generator: torch.Generator) -> None:
         local, device = self.local, self.settings.device
@@ -206,6 +230,7 @@ class LocalTask:
             features = local.task_features(global_model, batch, data.train_transform, generator)
             loss, hits = local.task_loss(features, batch.labels, self.params.temperature)
             loss.backward()
+            self.grad_norms.add()
             for optimizer in self.optimizers:
                 optimizer.step()
             self.loss_sum, self.correct = self.loss_sum + loss.item() * len(batch), self.correct + int(hits)
@@ -213,4 +238,4 @@ class LocalTask:
 
     def metrics(self) -> dict[str, float]:
         return {"train_loss": self.loss_sum / max(self.seen, 1), "train_accuracy": 100.0 * self.correct / max(self.seen, 1),
-                "local_steps": float(self.steps)}
+                "local_steps": float(self.steps), "task_grad_norm": self.grad_norms.mean()}
