@@ -70,7 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--superlink",
         metavar="HOST:PORT",
-        help="with engine.backend=deployment: the SuperLink's Control API address (default 127.0.0.1:9093)",
+        help="with engine.backend=deployment: the SuperLink's address, its --host:--port "
+        "(one HTTP port for SuperNodes and flwr run; default 127.0.0.1:8000)",
     )
     run.add_argument("--root-certificates", metavar="PEM", help="CA certificate for a TLS SuperLink")
 

@@ -24,7 +24,9 @@ from semanticfl.engine.apps import STOPPED_FILE
 from semanticfl.engine.outputs import RunDirectory
 from semanticfl.errors import RunAborted, UserError
 
-DEFAULT_CONTROL_ADDRESS = "127.0.0.1:9093"
+DEFAULT_SUPERLINK_ADDRESS = "127.0.0.1:8000"
+"""flower-superlink's default ``--host``:``--port``: flwr 1.41 serves the Fleet API (SuperNodes),
+the Control API (``flwr run``) and the Runtime API on this one HTTP port."""
 CONNECTION = "semanticfl"
 
 
@@ -84,7 +86,7 @@ def run_deployment_engine(
         raise UserError("the 'flwr' command is not on PATH; install semanticfl's dependencies")
     app = write_flower_app(run_dir.file("flower-app"), config_toml, run_dir.path, resume, until_round)
     home = run_dir.file("flwr-home")
-    write_connection(home, connection.get("address") or DEFAULT_CONTROL_ADDRESS, connection.get("root_certificates"))
+    write_connection(home, connection.get("address") or DEFAULT_SUPERLINK_ADDRESS, connection.get("root_certificates"))
     summary_file = run_dir.file("summary.json")
     summary_file.unlink(missing_ok=True)
     stopped = run_dir.file(STOPPED_FILE)
