@@ -1,15 +1,20 @@
 """FedAFD end to end through Flower's Simulation Engine, with the message audit: no client
-weights leave a client, only its features of the public set."""
+weights leave a client, only its features of the public set; and ``variant=code``, whose
+discriminators' Adam state (client state) and distillation AdamP state (server state) must carry a
+run stopped by ``--until-round`` to exactly the uninterrupted result."""
 
 from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
-from helpers import read_rounds, run_dirs, semanticfl
+from helpers import read_rounds, run_dirs, semanticfl, without_timings
 
 from semanticfl.data.wordnet import SYSTEM_WORDNET_DIR
 from semanticfl.engine.audit import read_audit
+from semanticfl.engine.checkpoint import load_latest_checkpoint
+from semanticfl.engine.client_state import ClientStateStore
 
 pytestmark = [
     pytest.mark.slow,
@@ -83,3 +88,27 @@ def test_layout_that_does_not_match_the_clients_is_a_one_line_error(tmp_path):
     assert result.returncode == 2
     assert "algorithm.fedafd.clients lists 10 clients but partition.num_clients is 4" in result.stderr
     assert run_dirs(tmp_path) == []
+
+
+CODE = [*TINY, "algorithm.fedafd.variant=code", "engine.audit=false", "train.rounds=3"]
+
+
+def test_the_code_variant_resumes_exactly_with_its_optimiser_states(tmp_path):
+    whole_out, stopped_out = tmp_path / "whole", tmp_path / "stopped"
+    whole = semanticfl("run", "multimodal_cifar10", *CODE, f"experiment.output_dir={whole_out}", cwd=tmp_path)
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    stopped = semanticfl("run", "multimodal_cifar10", *CODE, f"experiment.output_dir={stopped_out}",
+                         "--until-round", "2", cwd=tmp_path)
+    assert stopped.returncode == 0, stopped.stderr[-3000:]
+    (run_dir,) = run_dirs(stopped_out)
+    resumed = semanticfl("run", "--resume", str(run_dir), cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    (whole_dir,) = run_dirs(whole_out)
+    assert without_timings(read_rounds(run_dir)) == without_timings(read_rounds(whole_dir))
+    final, expected = load_latest_checkpoint(run_dir / "checkpoints"), load_latest_checkpoint(whole_dir / "checkpoints")
+    assert any(k.startswith("distill_optimizer.") for k in expected.server_state)  # AdamP's moments
+    for name, value in [*expected.global_arrays.items(), *expected.server_state.items()]:
+        np.testing.assert_array_equal({**final.global_arrays, **final.server_state}[name], value, err_msg=name)
+    state = ClientStateStore(whole_dir / "client-state", keep=2).load_before(2, 4)  # the image-text client
+    passes, batches = 3 * 1, -(-PUBLIC // 64)  # 3 rounds x 1 local epoch, one BAA pass each
+    assert state["optimizer.discriminator.0.step"].tolist() == [passes * batches]
