@@ -93,6 +93,7 @@ def test_layout_that_does_not_match_the_clients_is_a_one_line_error(tmp_path):
 CODE = [*TINY, "algorithm.fedafd.variant=code", "engine.audit=false", "train.rounds=3"]
 
 
+@pytest.mark.timeout(1200)  # three tiny runs: several minutes on 2 busy cores
 def test_the_code_variant_resumes_exactly_with_its_optimiser_states(tmp_path):
     whole_out, stopped_out = tmp_path / "whole", tmp_path / "stopped"
     whole = semanticfl("run", "multimodal_cifar10", *CODE, f"experiment.output_dir={whole_out}", cwd=tmp_path)
