@@ -113,7 +113,7 @@ def _init_worker(config_toml: str) -> None:
 def _train_directly(job: tuple[int, int, dict]) -> tuple[int, dict, int, dict]:
     """One client's local round, exactly what the ClientApp does, without Flower."""
     from semanticfl.algorithms.base import ClientTask, load_arrays
-    from semanticfl.engine.experiment import derive_seed
+    from semanticfl.seeding import derive_seed
 
     round_number, partition_id, global_arrays = job
     experiment = _WORKER["experiment"]

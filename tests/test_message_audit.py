@@ -49,6 +49,7 @@ EXTRAS = {
     "fedcda": lambda model, classes: {},
     "feddifrc": lambda model, classes: {},
     "semanticfl": lambda model, classes: {},
+    "datashare": lambda model, classes: {},
 }
 
 

@@ -13,18 +13,13 @@ import torch
 from safetensors.torch import load_file
 
 from semanticfl.data.datasets import images_to_tensor, load_image_dataset
-from semanticfl.engine.experiment import stratified_holdout
+from semanticfl.data.splits import stratified_holdout
 from semanticfl.errors import UserError
 from semanticfl.teachers import offline, taef2
 from semanticfl.teachers.base import NULL_PROMPT, ExtractionSettings
-from semanticfl.teachers.offline import (
-    encode_latents,
-    evaluate_teacher,
-    load_offline_teacher,
-    shipped_teacher_dir,
-    teacher_info,
-    train_offline_teacher,
-)
+from semanticfl.teachers.offline import load_offline_teacher, shipped_teacher_dir, teacher_info
+from semanticfl.teachers.offline_training import encode_latents, train_offline_teacher
+from semanticfl.teachers.quality import evaluate_teacher
 
 TINY_UNET = {"block_out_channels": (32, 32, 32), "norm_num_groups": 8, "attention_head_dim": 4}
 HOLDOUT, SEED, LIMIT, STEPS, LOG_EVERY = 2000, 3, 256, 100, 5

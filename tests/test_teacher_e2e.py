@@ -4,12 +4,11 @@
 import json
 
 import pytest
-
 from helpers import read_rounds, run_dirs, semanticfl
+
 from semanticfl.config import load_config
 from semanticfl.engine.audit import read_audit
 from semanticfl.engine.experiment import Experiment
-from semanticfl.engine.teacher_targets import load_teacher
 from semanticfl.teachers.sd import build_tiny_stable_diffusion
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("fashion_mnist_available")]
@@ -66,7 +65,7 @@ def test_the_teachers_noise_follows_teacher_seed_not_experiment_seed(tiny_sd):
     """So every seed of a sweep (over the same client pool) reads one feature-store entry."""
     def noise_seed(*overrides):
         config = load_config("quickstart", [*TINY, f"teacher.path={tiny_sd}", *overrides])
-        return load_teacher(Experiment(config)).settings.seed
+        return Experiment(config).teacher_targets.teacher.settings.seed
 
     assert noise_seed("experiment.seed=3") == noise_seed() == 0
     assert noise_seed("experiment.seed=3", "teacher.seed=5") == 5

@@ -161,6 +161,12 @@ class TeacherConfig:
     of a sweep, so they are extracted once; vary it to include the noise draws in the spread."""
     cache_dir: str = ""
     """Feature store root ("" = $SEMANTICFL_CACHE/features or ~/.cache/semanticfl/features)."""
+    sample_steps: int = 50
+    """Denoising steps when the teacher generates images (SemanticFL's guidance set, datashare)."""
+    guidance_scale: float = 3.0
+    """Classifier-free guidance scale of generation (<= 1: the conditional prediction alone)."""
+    sampler: str = "ddim"
+    """The diffusers scheduler generation runs: ``ddim`` (η = 0), ``dpm`` (DPM-Solver++) or ``euler``."""
 
 
 @dataclass
@@ -319,13 +325,11 @@ def validate(config: Config) -> None:
     _require(t.rounds >= 1, f"train.rounds must be >= 1, got {t.rounds}")
     _require(t.local_epochs >= 1, f"train.local_epochs must be >= 1, got {t.local_epochs}")
     _require(t.batch_size >= 1, f"train.batch_size must be >= 1, got {t.batch_size}")
-    _require(0 < t.lr <= FLOAT32_MAX, f"train.lr must be > 0 and at most {FLOAT32_MAX:.4g}, got {t.lr}")
-    for key in ("momentum", "weight_decay"):
-        value = getattr(t, key)
-        _require(
-            0 <= value <= FLOAT32_MAX, f"train.{key} must be >= 0 and at most {FLOAT32_MAX:.4g}, got {value}"
-        )
+    _require_optimiser_value("train.lr", t.lr, positive=True)
+    _require_optimiser_value("train.momentum", t.momentum, positive=False)
+    _require_optimiser_value("train.weight_decay", t.weight_decay, positive=False)
     _require(0 < t.fraction_fit <= 1, f"train.fraction_fit must be in (0, 1], got {t.fraction_fit}")
+    _validate_partition(p)
     _require(t.min_clients >= 1, f"train.min_clients must be >= 1, got {t.min_clients}")
     _require(
         t.min_clients <= p.num_clients,
@@ -378,6 +382,27 @@ def validate(config: Config) -> None:
     _validate_faults(config.faults, p.num_clients)
 
 
+def _require_optimiser_value(key: str, value: float, positive: bool) -> None:
+    """Step sizes (> 0) and momentum/decay (>= 0); float32 weights cannot take more than its largest value."""
+    _require(value > 0 if positive else value >= 0, f"{key} must be {'>' if positive else '>='} 0, got {value}")
+    _require(value <= FLOAT32_MAX, f"{key} must be at most {FLOAT32_MAX:.3g} (the largest float32), got {value}")
+
+
+def _validate_partition(p: PartitionConfig) -> None:
+    """Values the partition scheme needs, named as the user types them (the dataset-size checks
+    happen when the partition is computed)."""
+    for key in ("num_clients", "classes_per_client", "shards_per_client", "min_partition_size", "max_retries"):
+        value = getattr(p, key)
+        _require(value >= 1, f"partition.{key} must be >= 1, got {value}")
+    for key in ("alpha", "quantity_alpha"):
+        value = getattr(p, key)
+        _require(value > 0, f"partition.{key} must be > 0 (smaller is more skewed, e.g. 0.1), got {value}")
+    _require(
+        p.imbalance_factor >= 1,
+        f"partition.imbalance_factor must be >= 1 (1 = no long tail), got {p.imbalance_factor}",
+    )
+
+
 def clients_per_round(fraction: float, num_clients: int) -> int:
     """How many clients a round samples: ``ceil(fraction · num_clients)``, at least one."""
     return max(1, math.ceil(fraction * num_clients))
@@ -410,6 +435,14 @@ def _validate_teacher(teacher: TeacherConfig) -> None:
     _require(teacher.batch_size >= 1, f"teacher.batch_size must be >= 1, got {teacher.batch_size}")
     _require(teacher.fit_samples >= 2, f"teacher.fit_samples must be >= 2, got {teacher.fit_samples}")
     _require(teacher.seed >= 0, f"teacher.seed must be >= 0, got {teacher.seed}")
+    _require(teacher.sample_steps >= 1, f"teacher.sample_steps must be >= 1, got {teacher.sample_steps}")
+    _require(
+        teacher.guidance_scale >= 0, f"teacher.guidance_scale must be >= 0, got {teacher.guidance_scale}"
+    )
+    _require(
+        teacher.sampler in ("ddim", "dpm", "euler"),
+        f"teacher.sampler must be one of ddim, dpm, euler, got {teacher.sampler!r}",
+    )
 
 
 def _validate_faults(faults: FaultsConfig, num_clients: int) -> None:

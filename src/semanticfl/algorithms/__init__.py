@@ -9,8 +9,8 @@ from __future__ import annotations
 from typing import Any
 
 from semanticfl.algorithms.base import Algorithm, AlgorithmSetup, params_from_dict
-from semanticfl.algorithms.fedavg import FedAvg
 from semanticfl.algorithms.fedafd import FedAFD
+from semanticfl.algorithms.fedavg import FedAvg
 from semanticfl.algorithms.fedcda import FedCDA
 from semanticfl.algorithms.feddifrc import FedDifRC
 from semanticfl.algorithms.feddisco import FedDisco
@@ -19,6 +19,7 @@ from semanticfl.algorithms.fednh import FedNH
 from semanticfl.algorithms.fednova import FedNova
 from semanticfl.algorithms.fedprox import FedProx
 from semanticfl.algorithms.fedrcl import FedRCL
+from semanticfl.algorithms.guidance import DataShare
 from semanticfl.algorithms.moon import MOON
 from semanticfl.algorithms.scaffold import Scaffold
 from semanticfl.algorithms.semanticfl import SemanticFL
@@ -35,6 +36,7 @@ ALGORITHMS: dict[str, type[Algorithm]] = {
     FedRCL.name: FedRCL,
     FedDisco.name: FedDisco,
     FedCDA.name: FedCDA,
+    DataShare.name: DataShare,
     FedDifRC.name: FedDifRC,
     SemanticFL.name: SemanticFL,
     FedAFD.name: FedAFD,

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from semanticfl.models import load_numpy_state, state_to_numpy
-from semanticfl.teachers.base import AnchorRequest, FeatureRequest
+from semanticfl.teachers.base import AnchorRequest, FeatureRequest, GuidanceRequest, GuidanceSet
 
 if TYPE_CHECKING:
     from semanticfl.data.datasets import ImageDataset
@@ -95,6 +95,8 @@ class LocalData:
     """Per-sample targets read for each batch (teacher-guided algorithms); ``None`` for the rest."""
     conditioned_targets: ConditionedExtractor | None = None
     """Model-dependent teacher features, extracted on demand (runs the teacher on this client)."""
+    guidance: dict[str, GuidanceSet] = field(default_factory=dict)
+    """Labelled sets the server sent once (its :meth:`Algorithm.guidance_requests`), by request name."""
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -203,7 +205,7 @@ class Algorithm:
 
     def offload_requests(self) -> tuple[FeatureRequest, ...]:
         """Per-sample teacher features split between client (VAE + noise) and server (U-Net), read
-        from ``Batch.targets`` like :meth:`feature_requests` (none here; see engine/offload.py)."""
+        from ``Batch.targets`` like :meth:`feature_requests` (none here; see engine/exchanges.py)."""
         return ()
 
     def anchor_requests(self) -> tuple[AnchorRequest, ...]:
@@ -212,6 +214,11 @@ class Algorithm:
 
     def receive_anchors(self, anchors: Arrays) -> None:
         """The engine hands over what :meth:`anchor_requests` asked for, before round 1."""
+
+    def guidance_requests(self) -> tuple[GuidanceRequest, ...]:
+        """Labelled sets the server builds once and sends to every client, read as
+        ``LocalData.guidance[name]`` (none here)."""
+        return ()
 
     def trainable_parameter_names(self) -> tuple[str, ...]:
         """The names :meth:`extend_model` recorded, or a clear error if it was never called."""

@@ -28,9 +28,18 @@ images the server encodes, so the choice is explicit:
   the sample's own fused features under the null prompt.
 * ``offload``: like ``local``, but the client runs only the VAE encoder, adds noise at ``t`` and
   sends the noised latents once (float16, ``draws × N × latent size``); the server runs the U-Net
-  and returns the per-sample fused features (engine/offload.py). The clean latent never leaves
+  and returns the per-sample fused features (engine/exchanges.py). The clean latent never leaves
   the client, so the ``latent`` layer of ``T_i`` is the noised latent -- the one difference from
   ``local``.
+* ``guidance`` (nothing but weights leaves a client): the server builds a class-balanced *guidance
+  set* once -- ``guidance_per_class`` images per class the teacher generates from the class prompt
+  alone (``guidance_source = "generated"``), or draws from its own public split (``"public"``) --
+  with each image's fused teacher features ``T_g`` in the shared space, and sends it once. Beside
+  each own minibatch a client draws a guidance minibatch and adds
+  ``λ_kd · consistency(ẑ_g, T_g)`` on it (and, with ``lambda_guidance_ce > 0``, that weight times
+  the cross-entropy on the guidance labels); with ``guidance_anchors`` its own samples are also held
+  to the class anchors ``A_c`` = the unit mean of the guidance features of class ``c``:
+  ``λ_kd · consistency(ẑ_i, A_{y_i})``. Its control is ``datashare`` with the same set.
 
 Choices made where the paper is silent, all configurable: KL over unit-normalised features with
 ``τ_kd = 0.05`` (a softmax over a raw unit vector is near-uniform and gives a vanishing KL); GAP +
@@ -51,6 +60,7 @@ from torch import Tensor, nn
 
 from semanticfl.algorithms.base import AlgorithmSetup, Arrays, Batch, ClientTask, LocalData, LocalSettings
 from semanticfl.algorithms.contrastive import candidate_info_nce
+from semanticfl.algorithms.guidance import FEATURES, GuidanceStream, guidance_batch_size, joint_forward
 from semanticfl.algorithms.teacher_guided import (
     TeacherGuided,
     require_all,
@@ -60,16 +70,19 @@ from semanticfl.algorithms.teacher_guided import (
 from semanticfl.errors import UserError
 from semanticfl.teachers.base import (
     DEFAULT_TEMPLATE,
+    GUIDANCE_SOURCES,
     NULL_PROMPT,
     AnchorRequest,
     FeatureRequest,
+    GuidanceRequest,
     class_prompts,
 )
 
-MODES = ("anchors", "offload", "local")
+MODES = ("anchors", "offload", "local", "guidance")
 TARGET = "semanticfl.target"
 ANCHORS = "semanticfl.anchors"
 TEXT = "semanticfl.text"
+GUIDANCE = "semanticfl.guidance"
 TEXT_PROJECTION = "text_projection"
 
 
@@ -91,6 +104,17 @@ class SemanticFLParams:
     """Both weights ramp linearly from 0 over these rounds (0 = full weight from round 1)."""
     anchor_public_per_class: int = 0
     """Anchors mode: public samples per class averaged into its anchor (0 = prompts alone)."""
+    guidance_source: str = "generated"
+    """Guidance mode: ``generated`` (the teacher's samples of the class prompts) or ``public`` (the
+    server's own public split)."""
+    guidance_per_class: int = 100
+    """Guidance mode: images per class in the guidance set."""
+    guidance_batch_size: int = 0
+    """Guidance mode: guidance images per local step (0 = ``train.batch_size``)."""
+    lambda_guidance_ce: float = 0.0
+    """Guidance mode: weight of the cross-entropy on the guidance labels (0 = off)."""
+    guidance_anchors: bool = False
+    """Guidance mode: also hold each own sample to its class's mean guidance feature."""
     template: str = DEFAULT_TEMPLATE
     projection: str = "auto"
     text_dim: int = 384
@@ -147,6 +171,14 @@ class SemanticFL(TeacherGuided):
         )
         return (anchors, text)
 
+    def guidance_requests(self) -> tuple[GuidanceRequest, ...]:
+        """``guidance``: the server's class-balanced set with each image's null-prompt teacher features."""
+        p = self.params
+        if p.mode != "guidance":
+            return ()
+        features = self.feature_request(GUIDANCE, (NULL_PROMPT,))
+        return (GuidanceRequest(GUIDANCE, p.guidance_per_class, self.class_prompts(), p.guidance_source, features),)
+
     def receive_anchors(self, anchors: Arrays) -> None:
         if anchors[TEXT].shape[1] != self.params.text_dim:
             raise UserError(
@@ -174,26 +206,63 @@ class SemanticFL(TeacherGuided):
         ramp = min(1.0, task.round / self.params.warmup_rounds) if self.params.warmup_rounds else 1.0
         device = settings.device
         anchors = task.payload.get(ANCHORS)
+        stream = None
+        if self.params.mode == "guidance":
+            guidance = data.guidance[GUIDANCE]
+            size = guidance_batch_size(self.params.guidance_batch_size, settings, len(guidance.labels))
+            stream = GuidanceStream(guidance, data, size, device)
+            if self.params.guidance_anchors:
+                anchors = class_means(guidance.features, guidance.labels, self.setup.num_classes)
         return _Context(
             ramp=ramp,
             text=torch.as_tensor(task.payload[TEXT], device=device),
             anchors=None if anchors is None else torch.as_tensor(anchors, device=device),
+            guidance=stream,
         )
 
     def local_loss(self, model: nn.Module, batch: Batch, context: Any) -> tuple[Tensor, Tensor]:
-        """``L_CE + λ_kd · consistency + λ_con · InfoNCE`` (weights × the warm-up ramp)."""
+        """``L_CE + λ_kd · consistency + λ_con · InfoNCE`` (weights × the warm-up ramp); in ``guidance``
+        mode the consistency is on a guidance minibatch (plus ``λ_gce · CE`` on its labels)."""
         p = self.params
+        if context.guidance is not None:
+            return self.guided_loss(model, batch, context)
         features, logits = model(batch.images)
-        loss = F.cross_entropy(logits, batch.labels)
+        loss = F.cross_entropy(logits, batch.labels) + self.contrast(model, features, batch, context)
         if p.lambda_kd:
             target = self.teacher_target(batch, context)
             kd = consistency_loss(self.project(model, features), target, p.consistency, p.kd_temperature)
             loss = loss + context.ramp * p.lambda_kd * kd
-        if p.lambda_con:
-            text_features = getattr(model, TEXT_PROJECTION)(features)
-            con = candidate_info_nce(text_features, context.text, batch.labels, p.temperature).mean()
-            loss = loss + context.ramp * p.lambda_con * con
         return loss, logits
+
+    def guided_loss(self, model: nn.Module, batch: Batch, context: Any) -> tuple[Tensor, Tensor]:
+        """Own minibatch: CE, InfoNCE (and the class-anchor consistency); guidance minibatch: the
+        consistency with its teacher features and, if weighted, CE on its labels."""
+        p, guidance = self.params, context.guidance.next()
+        features, logits, g_features, g_logits = joint_forward(model, batch.images, guidance.images)
+        loss = F.cross_entropy(logits, batch.labels) + self.contrast(model, features, batch, context)
+        weight = context.ramp * p.lambda_kd
+        if weight:
+            targets = guidance.targets[FEATURES]
+            loss = loss + weight * consistency_loss(
+                self.project(model, g_features), targets, p.consistency, p.kd_temperature
+            )
+            if context.anchors is not None:
+                anchors = context.anchors[batch.labels]
+                loss = loss + weight * consistency_loss(
+                    self.project(model, features), anchors, p.consistency, p.kd_temperature
+                )
+        if p.lambda_guidance_ce:
+            loss = loss + p.lambda_guidance_ce * F.cross_entropy(g_logits, guidance.labels)
+        return loss, logits
+
+    def contrast(self, model: nn.Module, features: Tensor, batch: Batch, context: Any) -> Tensor | float:
+        """``λ_con · InfoNCE`` of the own samples' text-space features with the class text embeddings."""
+        p = self.params
+        if not p.lambda_con:
+            return 0.0
+        text_features = getattr(model, TEXT_PROJECTION)(features)
+        con = candidate_info_nce(text_features, context.text, batch.labels, p.temperature).mean()
+        return context.ramp * p.lambda_con * con
 
     def teacher_target(self, batch: Batch, context: Any) -> Tensor:
         """The anchor of each sample's class, or the sample's own teacher features."""
@@ -202,11 +271,20 @@ class SemanticFL(TeacherGuided):
         return batch.targets[TARGET].float()
 
 
+def class_means(features: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """C×D: the unit-normalised mean feature of each class (zero for a class with no rows)."""
+    sums = np.zeros((num_classes, features.shape[1]), dtype=np.float32)
+    np.add.at(sums, labels, features.astype(np.float32))
+    norms = np.linalg.norm(sums, axis=1, keepdims=True)
+    return sums / np.maximum(norms, 1e-12)
+
+
 @dataclass
 class _Context:
     ramp: float
     text: Tensor
     anchors: Tensor | None
+    guidance: GuidanceStream | None = None
 
 
 def _validate(p: SemanticFLParams) -> None:
@@ -218,5 +296,12 @@ def _validate(p: SemanticFLParams) -> None:
         (p.warmup_rounds >= 0, f"warmup_rounds must be >= 0, got {p.warmup_rounds}"),
         (p.anchor_public_per_class >= 0, "anchor_public_per_class must be >= 0"),
         (p.text_dim >= 1, f"text_dim must be >= 1, got {p.text_dim}"),
+        (
+            p.guidance_source in GUIDANCE_SOURCES,
+            f"guidance_source must be one of {', '.join(GUIDANCE_SOURCES)}, got {p.guidance_source!r}",
+        ),
+        (p.guidance_per_class >= 1, f"guidance_per_class must be >= 1, got {p.guidance_per_class}"),
+        (p.guidance_batch_size >= 0, f"guidance_batch_size must be >= 0, got {p.guidance_batch_size}"),
+        (p.lambda_guidance_ce >= 0, f"lambda_guidance_ce must be >= 0, got {p.lambda_guidance_ce}"),
     ]
     require_all(checks + teacher_param_checks(p), SemanticFL.name)

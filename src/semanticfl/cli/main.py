@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--until-round",
         metavar="N",
-        type=int,
+        type=round_number,
         default=0,
         help="stop after round N (continue later with --resume)",
     )
@@ -94,12 +94,19 @@ def build_parser() -> argparse.ArgumentParser:
     _config_arguments(feats)
 
     teach = sub.add_parser("teacher", help="train or judge the offline teacher of a config's dataset")
-    teach.add_argument("action", choices=("train", "report"))
+    teach.add_argument("action", choices=("train", "report", "sample"))
     _config_arguments(teach)
     teach.add_argument(
-        "--out", metavar="DIR", required=True, help="the teacher folder (train) or report folder"
+        "--out", metavar="DIR", required=True, help="the teacher folder (train), report or samples folder"
     )
     teach.add_argument("--minutes", type=float, default=45.0, help="train: wall-clock budget (default 45)")
+    teach.add_argument(
+        "--steps", type=int, default=None, help="train: step budget (exactly resumable with --resume)"
+    )
+    teach.add_argument(
+        "--resume", action="store_true", help="train: continue the unfinished training in --out"
+    )
+    teach.add_argument("--per-class", type=int, default=10, help="sample: images per class (default 10)")
     teach.add_argument("--timestep", type=int, default=300, help="report: noise level of the probed features")
 
     show = sub.add_parser("config", help="print the resolved config as TOML")
@@ -107,6 +114,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("list", help="list datasets, models, algorithms and shipped configs")
     return parser
+
+
+def round_number(text: str) -> int:
+    """``--until-round``: a whole number >= 0 (0 = all rounds)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a round number >= 1 (or 0 for all), got {text!r}")
+    return value
 
 
 def _config_arguments(parser: argparse.ArgumentParser) -> None:
@@ -196,15 +214,19 @@ def cmd_features(args: argparse.Namespace) -> int:
 
 
 def cmd_teacher(args: argparse.Namespace) -> int:
-    from semanticfl.cli.teacher import report_teacher, train_teacher
+    from semanticfl.cli.teacher import report_teacher, sample_teacher, train_teacher
     from semanticfl.config import load_config
     from semanticfl.engine.experiment import Experiment
 
     source, overrides = split_items(args.items)
     experiment = Experiment(load_config(source, overrides))
     if args.action == "train":
-        folder = train_teacher(experiment, Path(args.out), args.minutes)
+        folder = train_teacher(experiment, Path(args.out), args.minutes, args.steps, args.resume)
         print(f"teacher: {folder}  (use it with teacher.path={folder})")
+        return 0
+    if args.action == "sample":
+        folder = sample_teacher(experiment, Path(args.out), args.per_class, sys.stderr.isatty())
+        print(f"samples: {folder / 'samples.npz'}, grid: {folder / 'grid.png'}")
         return 0
     report = report_teacher(experiment, Path(args.out), args.timestep)
     for name, accuracy in sorted(report["probe_accuracy"].items()):
@@ -214,22 +236,30 @@ def cmd_teacher(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from semanticfl.cli.runs import print_summary, resume_run, start_run
+    from semanticfl.cli.runs import finished_line, print_summary, resume_run, start_run
+    from semanticfl.engine.outputs import RunDirectory
 
     source, overrides = split_items(args.items)
-    if args.until_round < 0:
-        raise UserError(f"--until-round must be >= 0, got {args.until_round}")
     connection = {"address": args.superlink, "root_certificates": args.root_certificates}
     if not args.items and not args.resume:
-        from semanticfl.cli.compare import compare
+        if args.until_round:
+            raise UserError(
+                "--until-round stops one run, and the quickstart runs two; "
+                "stop one of them: semanticfl run quickstart algorithm.name=semanticfl --until-round N"
+            )
+        from semanticfl.cli.compare import compare, comparison_line
 
-        folder = compare(None, [], list(QUICKSTART_ALGORITHMS), connection)
-        print(f"comparison: {folder}")
+        print(comparison_line(compare(None, [], list(QUICKSTART_ALGORITHMS), connection)))
         return 0
     if args.resume:
         if source or overrides:
             raise UserError("--resume continues a run with its saved config; drop the config and overrides")
-        summary = resume_run(args.resume, args.until_round, connection)
+        run_dir = RunDirectory.open_for_resume(args.resume)
+        done = finished_line(run_dir)
+        if done:
+            print(done)
+            return 0
+        summary = resume_run(run_dir, args.until_round, connection)
     else:
         summary = start_run(source, overrides, args.until_round, connection)
     print_summary(summary)
@@ -237,14 +267,14 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from semanticfl.cli.compare import compare
+    from semanticfl.cli.compare import compare, comparison_line
 
     source, overrides = split_items(args.items)
     algorithms = [a.strip() for a in args.algorithms.split(",") if a.strip()]
     if not algorithms:
         raise UserError("--algorithms needs at least one name, e.g. --algorithms fedavg,fedprox")
     folder = compare(source, overrides, algorithms, {"address": None, "root_certificates": None})
-    print(f"comparison: {folder}")
+    print(comparison_line(folder))
     return 0
 
 

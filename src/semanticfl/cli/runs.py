@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -19,7 +20,7 @@ from semanticfl.data.partition import (
     save_partition_heatmap,
 )
 from semanticfl.engine.experiment import Experiment
-from semanticfl.engine.outputs import RunDirectory
+from semanticfl.engine.outputs import RunDirectory, partition_words
 from semanticfl.errors import UserError
 
 console = Console(stderr=True)
@@ -31,8 +32,12 @@ def preflight(experiment: Experiment) -> None:
     check_inputs(experiment)
     if experiment.algorithm.feature_requests():
         extract_features(experiment)
-    if experiment.algorithm.anchor_requests():
-        experiment.algorithm.receive_anchors(experiment.teacher_targets.anchors())
+    algorithm = experiment.algorithm
+    if algorithm.anchor_requests():
+        algorithm.receive_anchors(experiment.teacher_targets.anchors(algorithm.anchor_requests()))
+    if algorithm.guidance_requests():
+        experiment.teacher_targets.progress = sys.stderr.isatty()
+        _ = experiment.guidance_arrays
 
 
 def check_inputs(experiment: Experiment) -> None:
@@ -62,12 +67,14 @@ def extract_features(experiment: Experiment) -> list[str]:
     """Fill the feature store for every teacher request; one line per entry (size, time, rate)."""
     targets = experiment.teacher_targets
     targets.progress = sys.stderr.isatty()
+    requests = experiment.algorithm.feature_requests()
     lines = [
-        f"{name}: conditioned on the client model, so each client extracts it every round "
-        f"({extractor.request.per_sample_shape()} per sample, PCA fitted on the public split; not cached)"
-        for name, extractor in targets.conditioned_extractors.items()
+        f"{request.name}: conditioned on the client model, so each client extracts it every round "
+        f"({request.per_sample_shape()} per sample, PCA fitted on the public split; not cached)"
+        for request in requests
+        if request.conditioned
     ]
-    for request in targets.cached_requests:
+    for request in (r for r in requests if not r.conditioned):
         started = time.perf_counter()
         entry = targets.entry(request, experiment.client_pool)
         seconds = time.perf_counter() - started
@@ -86,28 +93,25 @@ def write_partition_report(experiment: Experiment, folder: Path) -> str:
     table = class_count_table(dataset.train_labels, experiment.partitions, dataset.num_classes)
     save_count_table_csv(table, dataset.classes, folder / "partition.csv")
     p = experiment.config.partition
-    title = f"{dataset.name}: {p.scheme} ({_scheme_detail(experiment)}), {p.num_clients} clients"
+    title = f"{dataset.name}: {partition_words(p)}, {p.num_clients} clients"
     save_partition_heatmap(table, dataset.classes, folder / "partition.png", title=title)
     return format_count_table(table, dataset.classes)
 
 
-def _scheme_detail(experiment: Experiment) -> str:
-    p = experiment.config.partition
-    details = {
-        "dirichlet": f"α={p.alpha}",
-        "pathological": f"#C={p.classes_per_client}",
-        "shards": f"{p.shards_per_client} shards/client",
-        "quantity": f"size α={p.quantity_alpha}",
-        "iid": "IID",
-    }
-    detail = details.get(p.scheme, p.scheme)
-    return detail + (f", long-tail IF={p.imbalance_factor}" if p.imbalance_factor > 1 else "")
+def check_until_round(until_round: int, rounds: int) -> None:
+    """``--until-round`` (>= 0, checked by the parser) must not pass the run's last round."""
+    if until_round > rounds:
+        raise UserError(
+            f"--until-round {until_round} is not a round of this run (train.rounds = {rounds}); "
+            f"pass a round from 1 to {rounds}, or 0 for all"
+        )
 
 
 def start_run(
     source: str | None, overrides: list[str], until_round: int, connection: dict[str, str | None]
 ) -> dict[str, Any]:
     config = load_config(source, overrides)
+    check_until_round(until_round, config.train.rounds)
     experiment = Experiment(config)
     preflight(experiment)
     run_dir = RunDirectory.create(config.experiment.output_dir, config.experiment.name)
@@ -118,11 +122,12 @@ def start_run(
     return launch(experiment, config_toml, run_dir, False, until_round, connection)
 
 
-def resume_run(path: str, until_round: int, connection: dict[str, str | None]) -> dict[str, Any]:
-    run_dir = RunDirectory.open_for_resume(path)
+def resume_run(run_dir: RunDirectory, until_round: int, connection: dict[str, str | None]) -> dict[str, Any]:
     config_path = run_dir.file("config.toml")
     config_toml = read_config_text(config_path)
-    experiment = Experiment(config_from_dict(parse_toml(config_toml, str(config_path))))
+    config = config_from_dict(parse_toml(config_toml, str(config_path)))
+    check_until_round(until_round, config.train.rounds)
+    experiment = Experiment(config)
     preflight(experiment)
     console.print(f"resuming: {run_dir.path}")
     return launch(experiment, config_toml, run_dir, True, until_round, connection)
@@ -190,6 +195,27 @@ def print_summary(summary: dict[str, Any]) -> None:
         table.add_row(name, str(value))
     Console().print(table)
     console.print(f"results: {summary['run_dir']}")
+    if not summary["complete"]:
+        console.print(
+            f"unfinished: stopped after round {summary['rounds']}; continue with: "
+            f"{resume_command(summary['run_dir'])}",
+            soft_wrap=True,
+        )
+
+
+def resume_command(run_dir: str | Path) -> str:
+    return f"semanticfl run --resume {shlex.quote(str(run_dir))}"
+
+
+def finished_line(run_dir: RunDirectory) -> str | None:
+    """One line if the run has done all its rounds (nothing to resume), else None."""
+    if not run_dir.finished():
+        return None
+    summary = run_dir.read_summary()
+    return (
+        f"{run_dir.path} is already finished ({summary['rounds']} rounds, final test accuracy "
+        f"{_fmt(summary['final_accuracy'])} %); nothing to resume, results in {run_dir.file('summary.json')}"
+    )
 
 
 def _fmt(value: Any) -> str:

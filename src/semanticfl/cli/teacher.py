@@ -1,21 +1,26 @@
-"""``semanticfl teacher train|report``: build and judge the offline teacher of a config's dataset."""
+"""``semanticfl teacher train|report|sample``: build, judge and sample the teacher of a config."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
+import numpy as np
+
 from semanticfl.engine.experiment import Experiment
 from semanticfl.errors import UserError
-from semanticfl.files import atomic_write_text
+from semanticfl.files import atomic_write, atomic_write_text
 
 
-def train_teacher(experiment: Experiment, out: Path, minutes: float) -> Path:
+def train_teacher(
+    experiment: Experiment, out: Path, minutes: float, steps: int | None = None, resume: bool = False
+) -> Path:
     """Train on the config's server split (``data.server_holdout``), which no client holds."""
-    from semanticfl.teachers.offline import train_offline_teacher
+    from semanticfl.teachers.offline_training import train_offline_teacher
 
     data = experiment.config.data
-    if data.server_holdout <= 0:
+    if data.server_holdout <= 0 and not resume:
         raise UserError(
             "the offline teacher trains on the server's public split, which is empty; set "
             "data.server_holdout (e.g. 10000) -- runs that use the teacher must withhold the same split"
@@ -30,6 +35,8 @@ def train_teacher(experiment: Experiment, out: Path, minutes: float) -> Path:
         holdout_seed=data.holdout_seed,
         resolution=experiment.config.teacher.resolution,
         minutes=minutes,
+        max_steps=steps,
+        resume=resume,
         seed=experiment.config.experiment.seed,
         log=lambda line: print(line, flush=True),
     )
@@ -37,20 +44,18 @@ def train_teacher(experiment: Experiment, out: Path, minutes: float) -> Path:
 
 def report_teacher(experiment: Experiment, out: Path, timestep: int) -> dict:
     """Linear-probe accuracy of the teacher's features, extraction rate and a PCA plot, in ``out``."""
-    import dataclasses
+    from semanticfl.teachers.quality import evaluate_teacher
+    from semanticfl.teachers.targets import with_settings
 
-    from semanticfl.engine.teacher_targets import load_teacher, with_settings
-    from semanticfl.teachers.offline import evaluate_teacher
-
-    teacher = load_teacher(experiment)
+    teacher = experiment.teacher_targets.teacher
     blocks = tuple(range(len(teacher.unet.up_blocks)))
     teacher = with_settings(
         teacher, dataclasses.replace(teacher.settings, timestep=timestep, up_blocks=blocks)
     )
-    out.mkdir(parents=True, exist_ok=True)
     public = experiment.holdout_indices
     if len(public) == 0:
         raise UserError("the probe trains on the server's public split; set data.server_holdout")
+    out.mkdir(parents=True, exist_ok=True)
     report = evaluate_teacher(
         teacher,
         experiment.dataset,
@@ -60,3 +65,24 @@ def report_teacher(experiment: Experiment, out: Path, timestep: int) -> dict:
     )
     atomic_write_text(out / "teacher_report.json", json.dumps(report, indent=2) + "\n")
     return report
+
+
+def sample_teacher(experiment: Experiment, out: Path, per_class: int, progress: bool) -> Path:
+    """``per_class`` generated images of every class (cached like features) → ``out``/samples.npz and a
+    labelled grid ``out``/grid.png."""
+    from semanticfl.teachers.base import GuidanceRequest, class_prompts
+    from semanticfl.teachers.guidance import guidance_set
+    from semanticfl.teachers.sampling import save_grid
+
+    if per_class < 1:
+        raise UserError(f"--per-class must be >= 1, got {per_class}")
+    ds = experiment.dataset
+    targets = experiment.teacher_targets
+    targets.progress = progress
+    request = GuidanceRequest("samples", per_class, tuple(class_prompts(ds.classes)))
+    samples = guidance_set(targets, request)
+    out.mkdir(parents=True, exist_ok=True)
+    classes = np.array(ds.classes)
+    atomic_write(out / "samples.npz", lambda f: np.savez(f, images=samples.images, labels=samples.labels, classes=classes))
+    atomic_write(out / "grid.png", lambda f: save_grid(samples.images, samples.labels, list(ds.classes), f))
+    return out

@@ -20,10 +20,11 @@ from flwr.clientapp import ClientApp
 
 from semanticfl.algorithms.base import Arrays, ClientTask, ClientUpdate, load_arrays
 from semanticfl.config import FaultsConfig
-from semanticfl.engine import offload, records
+from semanticfl.engine import exchanges, records
 from semanticfl.engine.client_state import ClientStateStore
-from semanticfl.engine.experiment import Experiment, derive_seed, experiment_for
+from semanticfl.engine.experiment import Experiment, experiment_for
 from semanticfl.errors import UserError
+from semanticfl.seeding import derive_seed
 
 client_app = ClientApp()
 
@@ -59,18 +60,29 @@ def identify(message: Message, context: Context) -> Message:
 
 @client_app.query("offload")
 def send_noised_latents(message: Message, context: Context) -> Message:
-    """SemanticFL ``offload``: this client's VAE latents noised to ``t`` (see engine/offload.py)."""
+    """SemanticFL ``offload``: this client's VAE latents noised to ``t`` (see engine/exchanges.py)."""
     experiment = _experiment(message)
-    partition_id = partition_id_of(context)
-    content = RecordDict({records.EXTRA: records.to_record(offload.noised_latents(experiment, partition_id))})
-    return Message(content, reply_to=message)
+    index = experiment.partitions[partition_id_of(context)]
+    noised = experiment.teacher_targets.noised_latents(experiment.algorithm.offload_requests(), index)
+    return Message(RecordDict({records.EXTRA: records.to_record(noised)}), reply_to=message)
 
 
 @client_app.query("offloaded")
 def keep_offloaded_features(message: Message, context: Context) -> Message:
     """Keep the features the server computed from this client's noised latents in the node state."""
-    context.state[offload.STATE] = message.content[records.PAYLOAD]
-    return offload.acknowledge(partition_id_of(context), message)
+    context.state[exchanges.OFFLOADED_STATE] = message.content[records.PAYLOAD]
+    return exchanges.acknowledge(partition_id_of(context), message)
+
+
+@client_app.query("guidance")
+def keep_guidance_set(message: Message, context: Context) -> Message:
+    """Keep the server's guidance set in the node state (sent once per run)."""
+    context.state[exchanges.GUIDANCE_STATE] = message.content[records.PAYLOAD]
+    return exchanges.acknowledge(partition_id_of(context), message)
+
+
+def held_arrays(context: Context, key: str) -> Arrays | None:
+    return records.from_record(context.state[key]) if key in context.state else None
 
 
 @client_app.train()
@@ -92,9 +104,9 @@ def train(message: Message, context: Context) -> Message:
         payload=records.from_record(message.content[records.PAYLOAD]),
         state=load_state(context, store, partition_id, round_number),
     )
-    offloaded = records.from_record(context.state[offload.STATE]) if offload.STATE in context.state else None
     global_arrays = records.from_record(message.content[records.MODEL])
-    update = local_update(experiment, partition_id, global_arrays, task, offloaded)
+    held = held_arrays(context, exchanges.OFFLOADED_STATE), held_arrays(context, exchanges.GUIDANCE_STATE)
+    update = local_update(experiment, partition_id, global_arrays, task, *held)
     save_state(context, store, partition_id, round_number, task.state)
     if fault == "nan":
         poison(update.arrays)
@@ -121,16 +133,17 @@ def local_update(
     global_arrays: Arrays,
     task: ClientTask,
     offloaded: Arrays | None = None,
+    guidance: Arrays | None = None,
 ) -> ClientUpdate:
     """One client's local training from ``global_arrays`` (with the teacher features the server
-    computed for it in ``offload`` mode); every random draw is seeded by (seed, round, client), so
+    computed for it in ``offload`` mode and the guidance set it sent); every random draw is seeded by (seed, round, client), so
     the same inputs give the same update in any process."""
     model = experiment.build_model()
     load_arrays(model, global_arrays)
     torch.manual_seed(derive_seed(experiment.config.experiment.seed, task.round, partition_id, 1))
     return experiment.algorithm.local_train(
         model,
-        experiment.client_data(partition_id, offloaded),
+        experiment.client_data(partition_id, offloaded, guidance),
         task,
         experiment.local_settings(),
         experiment.client_generator(task.round, partition_id),

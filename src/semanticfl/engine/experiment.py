@@ -23,16 +23,14 @@ from semanticfl.algorithms.base import Arrays, LocalData, LocalSettings, TargetR
 from semanticfl.config import Config, config_from_dict
 from semanticfl.data.datasets import ImageDataset, images_to_tensor, load_image_dataset
 from semanticfl.data.partition import PartitionSpec, partition_indices
+from semanticfl.data.splits import stratified_holdout
 from semanticfl.data.transforms import BatchTransform
-from semanticfl.engine.offload import offloaded_reader
-from semanticfl.engine.teacher_targets import TeacherTargets
 from semanticfl.errors import UserError
 from semanticfl.models import build_model
-
-
-def derive_seed(*parts: int) -> int:
-    """A 63-bit seed from the experiment seed and any identifiers (round, client...)."""
-    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(2, np.uint64)[0] >> 1)
+from semanticfl.seeding import derive_seed
+from semanticfl.teachers.base import GuidanceSet
+from semanticfl.teachers.guidance import guidance_set
+from semanticfl.teachers.targets import TeacherInputs, TeacherTargets
 
 
 class Experiment:
@@ -94,9 +92,12 @@ class Experiment:
     def eval_transform(self) -> BatchTransform:
         return BatchTransform(self.dataset.spec, train=False)
 
-    def client_data(self, partition_id: int, offloaded: Arrays | None = None) -> LocalData | Any:
+    def client_data(
+        self, partition_id: int, offloaded: Arrays | None = None, guidance: Arrays | None = None
+    ) -> LocalData | Any:
         """Client ``partition_id``'s training data as in-memory tensors (or the algorithm's own form);
-        ``offloaded``: the teacher features the server computed for it (``offload`` requests)."""
+        ``offloaded``: the teacher features the server computed for it (``offload`` requests);
+        ``guidance``: the guidance set the server sent (``guidance`` requests)."""
         self.check_partition_id(partition_id)
         own = self.algorithm.client_data(partition_id)
         if own is not None:
@@ -110,22 +111,48 @@ class Experiment:
             transform=self.train_transform(),
             targets=self.target_reader(index, offloaded),
             conditioned_targets=(
-                self.teacher_targets.conditioned_extractor(index, self.eval_transform())
+                self.teacher_targets.conditioned_extractor(requests, index, self.eval_transform())
                 if conditioned
                 else None
             ),
+            guidance=self.received_guidance(guidance),
         )
 
     def target_reader(self, index: np.ndarray, offloaded: Arrays | None) -> TargetReader | None:
         """Per-sample teacher targets: from the feature store, or offloaded to the server."""
         if self.algorithm.offload_requests():
-            return offloaded_reader(offloaded)
-        return self.teacher_targets.reader(index) if self.algorithm.feature_requests() else None
+            return held_rows_reader(offloaded, "offloaded teacher features", "offload")
+        requests = self.algorithm.feature_requests()
+        return self.teacher_targets.reader(requests, index) if requests else None
+
+    def received_guidance(self, guidance: Arrays | None) -> dict[str, GuidanceSet]:
+        """The guidance sets the server sent this client, by request name."""
+        requests = self.algorithm.guidance_requests()
+        if requests and not guidance:
+            raise UserError(missing_exchange("guidance set", "guidance"))
+        return {request.name: GuidanceSet.from_arrays(guidance, request.name) for request in requests}
 
     @cached_property
     def teacher_targets(self) -> TeacherTargets:
-        """The algorithm's per-sample teacher features (feature store entries over the client pool)."""
-        return TeacherTargets(self)
+        """The teacher's answers to the algorithm's requests (feature store entries, anchors, ...)."""
+        return TeacherTargets(
+            TeacherInputs(
+                config=self.config.teacher,
+                dataset=self.dataset,
+                client_pool=self.client_pool,
+                public=self.holdout_indices,
+                public_seed=self.config.data.holdout_seed,
+                device=self.config.engine.device,
+            )
+        )
+
+    @cached_property
+    def guidance_arrays(self) -> Arrays:
+        """Server side: every guidance set of the algorithm, built (or read from the cache) once."""
+        arrays: Arrays = {}
+        for request in self.algorithm.guidance_requests():
+            arrays.update(guidance_set(self.teacher_targets, request).arrays(request.name))
+        return arrays
 
     def check_partition_id(self, partition_id: int) -> None:
         n = self.config.partition.num_clients
@@ -193,30 +220,28 @@ class Experiment:
         return torch.Generator().manual_seed(seed)
 
 
-def stratified_holdout(labels: np.ndarray, size: int, seed: int) -> np.ndarray:
-    """``size`` indices drawn evenly across classes with a seeded RNG (sorted)."""
-    labels = np.asarray(labels)
-    if size == 0:
-        return np.zeros(0, dtype=np.int64)
-    if size >= len(labels):
-        raise UserError(
-            f"data.server_holdout={size} leaves no training data for the clients "
-            f"(the training set has {len(labels)} samples)"
-        )
-    rng = np.random.default_rng(derive_seed(seed, 7919))
-    classes = np.unique(labels)
-    per_class = np.full(len(classes), size // len(classes))
-    per_class[: size % len(classes)] += 1
-    chosen = [
-        rng.choice(np.flatnonzero(labels == c), size=min(k, int((labels == c).sum())), replace=False)
-        for c, k in zip(classes, per_class)
-    ]
-    return np.sort(np.concatenate(chosen)).astype(np.int64)
-
-
 @functools.lru_cache(maxsize=4)
 def experiment_for(config_toml: str) -> Experiment:
     """The process-wide :class:`Experiment` of a config text (decoded and partitioned once)."""
     import tomllib
 
     return Experiment(config_from_dict(tomllib.loads(config_toml)))
+
+
+def missing_exchange(what: str, exchange: str) -> str:
+    return (
+        f"this client holds no {what}: the server's {exchange} exchange did not reach it (see the server "
+        "log); restart the run with --resume"
+    )
+
+
+def held_rows_reader(arrays: Arrays | None, what: str, exchange: str) -> TargetReader:
+    """Local rows → the per-sample arrays the client holds in its node state."""
+    if not arrays:
+        raise UserError(missing_exchange(what, exchange))
+
+    def read(rows: np.ndarray) -> dict[str, torch.Tensor]:
+        return {name: torch.from_numpy(np.asarray(value[rows])) for name, value in arrays.items()}
+
+    return read
+

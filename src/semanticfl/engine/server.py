@@ -25,14 +25,15 @@ from flwr.serverapp import Grid
 
 from semanticfl.algorithms.base import Arrays, ClientUpdate, load_arrays
 from semanticfl.config import clients_per_round
-from semanticfl.engine import offload, records
+from semanticfl.engine import exchanges, records
 from semanticfl.engine.audit import AuditingGrid
 from semanticfl.engine.checkpoint import load_latest_checkpoint, save_checkpoint
-from semanticfl.engine.experiment import Experiment, derive_seed
+from semanticfl.engine.experiment import Experiment
 from semanticfl.engine.outputs import RunDirectory, plot_accuracy, summarize
 from semanticfl.engine.progress import RoundReporter
 from semanticfl.errors import RunAborted, UserError
 from semanticfl.models import state_to_numpy
+from semanticfl.seeding import derive_seed
 
 log = logging.getLogger("semanticfl")
 
@@ -73,12 +74,12 @@ class FederatedServer:
         self.config_toml = config_toml
         self.algorithm = experiment.algorithm
         if self.algorithm.anchor_requests():
-            self.algorithm.receive_anchors(experiment.teacher_targets.anchors())
+            self.algorithm.receive_anchors(experiment.teacher_targets.anchors(self.algorithm.anchor_requests()))
         self.eval_model = experiment.build_model()
         self.global_arrays: Arrays = state_to_numpy(self.eval_model)
         self.rounds: list[dict[str, Any]] = []
         self.start_round = 1
-        self.offload = offload.OffloadStats()
+        self.one_time = exchanges.OneTimeStats()
         simulated = self.config.engine.backend == "simulation"
         self.client_state_dir = str(run_dir.path.resolve() / "client-state") if simulated else ""
 
@@ -109,9 +110,7 @@ class FederatedServer:
         if self.config.engine.audit:
             grid = AuditingGrid(grid, self.run_dir.path / AUDIT_FILE)
         nodes = self.discover_nodes(grid)
-        if self.algorithm.offload_requests():
-            timeout = self.config.train.client_timeout_s
-            self.offload = offload.exchange(grid, nodes, lambda: self._content(0), self.experiment, timeout)
+        self.run_one_time_exchanges(grid, nodes)
         with RoundReporter(total, self.start_round, self.config.experiment.name) as reporter:
             for round_number in range(self.start_round, last + 1):
                 record = self.run_round(grid, nodes, round_number)
@@ -126,6 +125,21 @@ class FederatedServer:
                 )
                 reporter.round_done(record)
         return self.finish()
+
+    def run_one_time_exchanges(self, grid: Grid, nodes: dict[int, int]) -> None:
+        """Before the first round (of this process): SemanticFL's offload and the guidance sets."""
+        timeout, content = self.config.train.client_timeout_s, lambda: self._content(0)
+        requests = self.algorithm.offload_requests()
+        if requests:
+            targets = self.experiment.teacher_targets
+
+            def features_of(noised: Arrays) -> Arrays:
+                return targets.features_of_noised(requests, noised)
+
+            exchanges.offload(grid, nodes, content, features_of, timeout, self.one_time)
+        if self.algorithm.guidance_requests():
+            guidance = self.experiment.guidance_arrays
+            exchanges.send_guidance(grid, nodes, content, guidance, timeout, self.one_time)
 
     def run_round(self, grid: Grid, nodes: dict[int, int], round_number: int) -> dict[str, Any]:
         started = time.perf_counter()
@@ -214,26 +228,18 @@ class FederatedServer:
             content = self._content(round_number, model_record, payload_record)
             messages[partition_id] = Message(content, dst_node_id=nodes[partition_id], message_type="train")
             outcome.bytes_down[partition_id] = down
-        replies = grid.send_and_receive(messages.values(), timeout=self.config.train.client_timeout_s)
-        # Match replies by message id (set when sent): an error the SuperLink writes for a lost
-        # node (node unavailable, message expired) comes from the SuperLink, not from the node.
-        by_message = {message.metadata.message_id: pid for pid, message in messages.items()}
-        answered = set()
-        for reply in replies:
-            partition_id = by_message[reply.metadata.reply_to_message_id]
-            answered.add(partition_id)
+        timeout = self.config.train.client_timeout_s
+        replies = exchanges.send_and_match(grid, messages, timeout)
+        for partition_id, reply in replies.ok.items():
             self._accept_reply(reply, partition_id, outcome)
-        for partition_id in set(messages) - answered:
-            outcome.failures[partition_id] = (
-                f"no reply within train.client_timeout_s={self.config.train.client_timeout_s}"
-            )
+        for partition_id, reason in replies.errors.items():
+            outcome.failures[partition_id] = f"raised: {error_summary(reason)}"
+        for partition_id in replies.silent:
+            outcome.failures[partition_id] = f"no reply within train.client_timeout_s={timeout}"
         return outcome
 
     @staticmethod
     def _accept_reply(reply: Message, partition_id: int, outcome: RoundOutcome) -> None:
-        if reply.has_error():
-            outcome.failures[partition_id] = f"raised: {error_summary(reply.error.reason)}"
-            return
         arrays = records.from_record(reply.content[records.MODEL])
         extra = records.from_record(reply.content[records.EXTRA])
         if not (records.all_finite(arrays) and records.all_finite(extra)):
@@ -286,16 +292,13 @@ class FederatedServer:
             self.config.eval.fraction_evaluate,
         )
         model_record = records.to_record(self.global_arrays)
-        messages = [
-            Message(self._content(round_number, model_record), dst_node_id=nodes[p], message_type="evaluate")
+        messages = {
+            p: Message(self._content(round_number, model_record), dst_node_id=nodes[p], message_type="evaluate")
             for p in selected
             if p in nodes
-        ]
-        results = [
-            dict(r.content[records.METRICS])
-            for r in grid.send_and_receive(messages, timeout=self.config.train.client_timeout_s)
-            if not r.has_error()
-        ]
+        }
+        replies = exchanges.send_and_match(grid, messages, self.config.train.client_timeout_s)
+        results = [dict(reply.content[records.METRICS]) for reply in replies.ok.values()]
         total = sum(r["num_examples"] for r in results)
         if not total:
             return {"federated_accuracy": None}
@@ -338,7 +341,7 @@ class FederatedServer:
             "run_dir": str(self.run_dir.path),
             "complete": len(self.rounds) == self.config.train.rounds,
             **summarize(self.rounds, self.config.eval.target_accuracy),
-            **self.offload.summary(),
+            **self.one_time.summary(),
             **self.algorithm.summary(self.rounds),
         }
         self.run_dir.write_summary(summary)

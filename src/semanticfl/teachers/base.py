@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+import numpy as np
 from torch import Tensor
 
 NULL_PROMPT = ""
@@ -124,3 +125,52 @@ class AnchorRequest:
     features: FeatureRequest
     public_per_class: int = 0
     text: bool = False
+
+
+GUIDANCE_SOURCES = ("generated", "public")
+
+
+@dataclass(frozen=True)
+class GuidanceRequest:
+    """A class-balanced labelled set the *server* builds once and sends to every client.
+
+    ``source = "generated"``: ``per_class`` images per class synthesised by the teacher from the class
+    prompt alone (text-to-image with classifier-free guidance, :mod:`semanticfl.teachers.sampling`);
+    ``"public"``: ``per_class`` real images per class drawn from the server's own public split. With
+    ``features``, every image also carries its fused teacher features (that request's layers, timestep
+    and PCA, under its one prompt), so clients can align with the teacher on these samples.
+    """
+
+    name: str
+    per_class: int
+    prompts: tuple[str, ...]
+    """One prompt per class, row c = class c (what ``generated`` samples from)."""
+    source: str = "generated"
+    features: FeatureRequest | None = None
+
+
+@dataclass(frozen=True)
+class GuidanceSet:
+    """What a :class:`GuidanceRequest` delivers: images as the dataset stores them, labels, features."""
+
+    images: np.ndarray
+    """uint8 N×C×H×W at the dataset's channels and size."""
+    labels: np.ndarray
+    """int64 N, class-balanced."""
+    features: np.ndarray | None = None
+    """float16 N×D unit vectors, or ``None``."""
+
+    def arrays(self, prefix: str) -> dict[str, np.ndarray]:
+        """The set as named arrays for the wire (``prefix.images``, ``.labels``, ``.features``)."""
+        out = {f"{prefix}.images": self.images, f"{prefix}.labels": self.labels}
+        if self.features is not None:
+            out[f"{prefix}.features"] = self.features
+        return out
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray], prefix: str) -> GuidanceSet:
+        return cls(
+            np.asarray(arrays[f"{prefix}.images"]),
+            np.asarray(arrays[f"{prefix}.labels"]),
+            None if f"{prefix}.features" not in arrays else np.asarray(arrays[f"{prefix}.features"]),
+        )

@@ -221,7 +221,7 @@ class DiffusionTeacher:
                 handle.remove()
         return {i: outputs[i].float().contiguous() for i in self.settings.up_blocks}
 
-    def _prompt_states(self, prompts: list[str]) -> tuple[Tensor, Tensor]:
+    def prompt_states(self, prompts: list[str]) -> tuple[Tensor, Tensor]:
         """Token states and mask of ``prompts`` on the device, cached for the last few prompt lists."""
         key = tuple(prompts)
         if key not in self._prompt_cache:
@@ -289,7 +289,7 @@ class DiffusionTeacher:
         """What the server computes from a client's :meth:`noised_latents` (D×N×C×h×w):
         ``{"latent": the noised latents averaged over the draws, "up{i}": …}``. The clean latent is
         never seen, so the ``latent`` layer is the noised one (the only difference from :meth:`features`)."""
-        states = self._prompt_states([prompt])
+        states = self.prompt_states([prompt])
         parts = []
         for chunk in _chunks(noised.shape[1], self.settings.batch_size):
             noisy = [draw[chunk].to(self.device, self.dtype) for draw in noised]
@@ -306,7 +306,7 @@ class DiffusionTeacher:
         The map is a fixed Gaussian projection seeded by ``settings.seed`` (the paper does not say
         how the widths are matched), and each token is rescaled to the mean norm of the null
         prompt's tokens, so an injected token weighs like a word."""
-        tokens, mask = self._prompt_states([NULL_PROMPT])
+        tokens, mask = self.prompt_states([NULL_PROMPT])
         width = tokens.shape[-1]
         generator = torch.Generator().manual_seed(
             derive_seed(self.settings.seed, CONDITION_STREAM, encodings.shape[1])
@@ -326,7 +326,7 @@ class DiffusionTeacher:
             raise ValueError(f"need 1 or {len(images)} prompts, got {len(prompts)}")
         unique = list(dict.fromkeys(prompts))
         prompt_index = torch.tensor([unique.index(p) for p in prompts]).expand(len(images))
-        states = self._prompt_states(unique)
+        states = self.prompt_states(unique)
         parts = []
         for chunk in _chunks(len(images), self.settings.batch_size):
             ids = sample_ids[chunk]
@@ -347,7 +347,7 @@ class DiffusionTeacher:
         and come from :meth:`features`."""
         _check_batch(images, sample_ids)
         count = len(prompts)
-        states = self._prompt_states(prompts)
+        states = self.prompt_states(prompts)
         parts = []
         for chunk in _chunks(len(images), max(1, self.settings.batch_size // count)):
             ids = sample_ids[chunk]

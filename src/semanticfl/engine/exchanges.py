@@ -1,0 +1,136 @@
+"""Server ⇄ client exchanges over a Flower Grid: one helper that matches replies, and the one-time
+exchanges that run before the first round (and again when a run resumes).
+
+:func:`send_and_match` sends one message per client and matches every reply to its client by the id
+of the message it answers: an error the SuperLink writes for a lost node (node unavailable, message
+expired) carries the SuperLink's node id, not the client's, so matching by sender would fail.
+
+One-time exchanges, each with every discovered node:
+
+* **offload** (SemanticFL ``offload``): the client encodes its images with the teacher's VAE, noises
+  the latents to the request's timestep and replies with them (``query.offload``); the server runs the
+  U-Net on them and sends back per-sample features (``query.offloaded``), which the client keeps in its
+  node state. The clean latents and the images never leave the client.
+* **guidance** (SemanticFL ``guidance``, ``datashare``): the server sends its guidance set -- images,
+  labels and teacher features it built itself -- once (``query.guidance``); clients keep it in their
+  node state. Nothing but an acknowledgement comes back.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+from flwr.app import Message, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+
+from semanticfl.algorithms.base import Arrays
+from semanticfl.engine import records
+
+log = logging.getLogger("semanticfl")
+
+SEND_LATENTS, RECEIVE_FEATURES, RECEIVE_GUIDANCE = "query.offload", "query.offloaded", "query.guidance"
+OFFLOADED_STATE, GUIDANCE_STATE = "offloaded-features", "guidance-set"
+
+
+@dataclass
+class Replies:
+    """The outcome of one :func:`send_and_match`: replies, error reasons and the silent, per client."""
+
+    ok: dict[int, Message] = field(default_factory=dict)
+    errors: dict[int, str] = field(default_factory=dict)
+    silent: list[int] = field(default_factory=list)
+
+
+def send_and_match(grid: Grid, messages: dict[int, Message], timeout: float) -> Replies:
+    """Send ``messages`` (client id → message), wait up to ``timeout`` s, match replies by message id."""
+    replies = grid.send_and_receive(list(messages.values()), timeout=timeout)
+    by_message = {message.metadata.message_id: key for key, message in messages.items()}
+    outcome = Replies()
+    for reply in replies:
+        key = by_message[reply.metadata.reply_to_message_id]
+        if reply.has_error():
+            outcome.errors[key] = str(reply.error.reason)
+        else:
+            outcome.ok[key] = reply
+    outcome.silent = sorted(set(messages) - set(outcome.ok) - set(outcome.errors))
+    return outcome
+
+
+def acknowledge(partition_id: int, message: Message) -> Message:
+    return Message(
+        RecordDict({records.METRICS: MetricRecord({"partition_id": partition_id})}), reply_to=message
+    )
+
+
+@dataclass
+class OneTimeStats:
+    """Bytes of the one-time exchanges, per client."""
+
+    offload_up: dict[int, int] = field(default_factory=dict)
+    offload_down: dict[int, int] = field(default_factory=dict)
+    guidance_down: dict[int, int] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, float]:
+        named = {
+            "offload_bytes_up_per_client": self.offload_up,
+            "offload_bytes_down_per_client": self.offload_down,
+            "guidance_bytes_down_per_client": self.guidance_down,
+        }
+        return {name: float(np.mean(list(sizes.values()))) for name, sizes in named.items() if sizes}
+
+
+def _warn_failures(what: str, replies: Replies) -> None:
+    for partition_id, reason in sorted(replies.errors.items()):
+        log.warning("%s: client %d failed: %s", what, partition_id, reason)
+    for partition_id in replies.silent:
+        log.warning("%s: client %d did not answer", what, partition_id)
+
+
+def offload(
+    grid: Grid,
+    nodes: dict[int, int],
+    content: Callable[[], RecordDict],
+    features_of: Callable[[Arrays], Arrays],
+    timeout: float,
+    stats: OneTimeStats,
+) -> None:
+    """The offload exchange with every node in ``nodes`` (partition id → node id); ``features_of`` maps a
+    client's noised latents to its per-sample features (the server's U-Net pass)."""
+    asks = {p: Message(content(), dst_node_id=node, message_type=SEND_LATENTS) for p, node in nodes.items()}
+    latents = send_and_match(grid, asks, timeout)
+    _warn_failures("offload (noised latents)", latents)
+    answers = {}
+    for partition_id, reply in sorted(latents.ok.items()):
+        noised = records.from_record(reply.content[records.EXTRA])
+        features = features_of(noised)
+        stats.offload_up[partition_id], stats.offload_down[partition_id] = (
+            records.nbytes(noised),
+            records.nbytes(features),
+        )
+        answer = content()
+        answer[records.PAYLOAD] = records.to_record(features)
+        answers[partition_id] = Message(answer, dst_node_id=nodes[partition_id], message_type=RECEIVE_FEATURES)
+    _warn_failures("offload (features)", send_and_match(grid, answers, timeout))
+
+
+def send_guidance(
+    grid: Grid,
+    nodes: dict[int, int],
+    content: Callable[[], RecordDict],
+    guidance: Arrays,
+    timeout: float,
+    stats: OneTimeStats,
+) -> None:
+    """Send the guidance set to every node in ``nodes`` once."""
+    messages = {}
+    for partition_id, node in nodes.items():
+        body = content()
+        body[records.PAYLOAD] = records.to_record(guidance)
+        messages[partition_id] = Message(body, dst_node_id=node, message_type=RECEIVE_GUIDANCE)
+    replies = send_and_match(grid, messages, timeout)
+    _warn_failures("guidance set", replies)
+    for partition_id in replies.ok:
+        stats.guidance_down[partition_id] = records.nbytes(guidance)

@@ -1,0 +1,79 @@
+"""Loading the ``[teacher]`` of a config: Stable Diffusion from a diffusers folder, or the offline teacher.
+
+Inputs are plain (the teacher section, the dataset, the client pool), so the engine calls this without
+handing its experiment down.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from semanticfl.config import TeacherConfig
+from semanticfl.data.splits import stratified_holdout
+from semanticfl.errors import UserError
+from semanticfl.teachers.base import ExtractionSettings
+from semanticfl.teachers.diffusion import DiffusionTeacher
+from semanticfl.teachers.offline import load_offline_teacher, shipped_teacher_dir, teacher_info
+
+
+def placeholder_settings(cfg: TeacherConfig) -> ExtractionSettings:
+    """The section's extraction settings; each request replaces the timestep and up-blocks."""
+    return ExtractionSettings(
+        resolution=cfg.resolution,
+        noise_draws=cfg.noise_draws,
+        batch_size=cfg.batch_size,
+        up_blocks=(0,),
+        seed=cfg.seed,
+    )
+
+
+def load_teacher(
+    cfg: TeacherConfig, dataset_name: str, train_labels: np.ndarray, client_pool: np.ndarray, device: str
+) -> DiffusionTeacher:
+    """The frozen teacher of ``cfg``; an offline teacher must not have seen a client's sample."""
+    settings = placeholder_settings(cfg)
+    if cfg.kind == "stable_diffusion":
+        from semanticfl.teachers.sd import load_stable_diffusion
+
+        if not cfg.path:
+            raise UserError(
+                "teacher.kind=stable_diffusion needs teacher.path: a local diffusers folder of an SD 1.x/2.x "
+                "checkpoint (or a hub id with teacher.allow_download=true and a network)"
+            )
+        return load_stable_diffusion(cfg.path, settings, device=device, allow_download=cfg.allow_download)
+    folder = offline_teacher_folder(cfg, dataset_name)
+    check_teacher_data_withheld(folder, dataset_name, train_labels, client_pool)
+    return load_offline_teacher(folder, settings, device=device)
+
+
+def offline_teacher_folder(cfg: TeacherConfig, dataset_name: str) -> Path:
+    """``teacher.path``, else the weights shipped for the dataset, else a clear error."""
+    if cfg.path:
+        return Path(cfg.path).expanduser()
+    shipped = shipped_teacher_dir(dataset_name)
+    if shipped is None:
+        raise UserError(
+            f"no offline teacher ships for dataset '{dataset_name}'; train one with "
+            f"'semanticfl teacher train CONFIG' and set teacher.path=FOLDER"
+        )
+    return shipped
+
+
+def check_teacher_data_withheld(
+    folder: Path, dataset_name: str, train_labels: np.ndarray, client_pool: np.ndarray
+) -> None:
+    """The samples the offline teacher was trained on must be withheld from every client."""
+    trained_on = teacher_info(folder).get("trained_on", {})
+    if trained_on.get("dataset") != dataset_name:
+        return  # trained on another dataset: nothing of this one to withhold
+    size, seed = int(trained_on["holdout_size"]), int(trained_on["holdout_seed"])
+    used = stratified_holdout(train_labels, size, seed)
+    leaked = np.intersect1d(used, client_pool)
+    if len(leaked):
+        raise UserError(
+            f"the teacher in {folder} was trained on {size} samples of {dataset_name} that clients would "
+            f"hold ({len(leaked)} overlap); withhold them with data.server_holdout={size} "
+            f"data.holdout_seed={seed}"
+        )
