@@ -2,8 +2,9 @@
 Fashion-MNIST (pretrained TAEF2 + MiniLM + the trained U-Net): nothing downloaded, the server's
 10,000-sample split (the teacher's training data) withheld from every client."""
 
-import pytest
+import json
 
+import pytest
 from helpers import read_rounds, run_dirs, semanticfl
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("fashion_mnist_available")]
@@ -57,3 +58,15 @@ def test_semanticfl_local_mode_with_the_offline_teacher(tmp_path, env):
     assert [r["clients"] for r in rounds] == [3, 3]
     # CE starts near ln 10 = 2.30; the consistency KL adds to it; the sum falls
     assert rounds[0]["train_loss"] > 2.30 + 1 and rounds[1]["train_loss"] < rounds[0]["train_loss"]
+
+
+@pytest.mark.parametrize("algorithm", [
+    ["algorithm.name=semanticfl", "algorithm.semanticfl.mode=guidance", "algorithm.semanticfl.guidance_source=public"],
+    ["algorithm.name=datashare", "algorithm.datashare.source=generated", "teacher.sample_steps=2"],
+])
+def test_guidance_set_runs_with_the_offline_teacher(tmp_path, env, algorithm):
+    rounds = run_rounds(tmp_path, env, *algorithm, "algorithm.semanticfl.guidance_per_class=3", "algorithm.datashare.per_class=3")
+    assert [r["clients"] for r in rounds] == [3, 3]
+    summary = json.loads((run_dirs(tmp_path / "runs")[0] / "summary.json").read_text())
+    features = 352 * 2 if "mode=guidance" in algorithm[1] else 0  # float16 teacher features per image
+    assert summary["guidance_bytes_down_per_client"] == 30 * (28 * 28 + 8 + features)

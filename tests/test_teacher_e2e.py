@@ -149,3 +149,21 @@ def test_missing_stable_diffusion_weights_is_a_one_line_error(tmp_path, env):
     assert done.returncode == 2
     assert done.stderr.count("\n") == 1 and str(tmp_path / "nope") in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_semanticfl_guidance_mode_sends_the_generated_set_once_and_clients_send_only_weights(tmp_path, tiny_sd, env):
+    out = tmp_path / "runs"
+    guidance = ["algorithm.semanticfl.mode=guidance", "algorithm.semanticfl.guidance_per_class=2", "teacher.sample_steps=2"]
+    done = semanticfl("run", "quickstart", *TINY, f"teacher.path={tiny_sd}", *SEMANTICFL, *guidance,
+                      "engine.audit=true", f"experiment.output_dir={out}", cwd=tmp_path, env=env)
+    assert done.returncode == 0, done.stderr
+    run_dir = run_dirs(out)[0]
+    audit = read_audit(run_dir / "messages.jsonl")
+    acks = [m for m in audit if m["type"] == "query.guidance"]
+    assert len(acks) == 3 and all(set(m["records"]) == {"metrics"} for m in acks)  # an acknowledgement only
+    train = [m for m in audit if m["type"] == "train"]
+    assert len(train) == 2 * 3 and all(m["records"]["extra"]["arrays"] == {} for m in train)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    # 20 images of 1×28×28 uint8, 20 int64 labels, 20 × (4 + 16 + 16) float16 features, sent once
+    assert summary["guidance_bytes_down_per_client"] == 20 * 28 * 28 + 20 * 8 + 20 * 36 * 2
+    assert summary["final_accuracy"] is not None

@@ -38,6 +38,8 @@ from semanticfl.teachers.store import CachedFeatures, FeatureStore, store_key
 log = logging.getLogger(__name__)
 
 FUSED = "fused"
+NOISED = ".noised"
+"""Suffix of a request's noised latents on the wire (SemanticFL ``offload``)."""
 
 TargetReader = Callable[[np.ndarray], dict[str, torch.Tensor]]
 """Local row positions → per-sample targets for those rows."""
@@ -309,12 +311,14 @@ class TeacherTargets:
 
     # ------------------------------------------------------------------ offload (SemanticFL)
 
-    def noised_latents(self, requests: tuple[FeatureRequest, ...], indices: np.ndarray) -> dict[str, np.ndarray]:
+    def noised_latents(
+        self, requests: tuple[FeatureRequest, ...], indices: np.ndarray
+    ) -> dict[str, np.ndarray]:
         """The client half of the offload: per request, its samples' latents noised to the request's
         timestep (D×N×C×h×w float16). Only the VAE encoder runs; no PCA is needed."""
         images, ids = self.train_images(indices), torch.from_numpy(indices)
         return {
-            request.name: RequestExtractor(self.teacher, request)
+            request.name + NOISED: RequestExtractor(self.teacher, request)
             .teacher.noised_latents(images, ids)
             .half()
             .numpy()
@@ -326,7 +330,9 @@ class TeacherTargets:
     ) -> dict[str, np.ndarray]:
         """The server half of the offload: a client's noised latents → its per-sample fused features."""
         return {
-            request.name: self.extractor(request).fused_of_noised(torch.from_numpy(noised[request.name]).float())
+            request.name: self.extractor(request).fused_of_noised(
+                torch.from_numpy(noised[request.name + NOISED]).float()
+            )
             for request in requests
         }
 
