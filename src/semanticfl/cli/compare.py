@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -12,9 +13,9 @@ from rich.console import Console
 from rich.table import Table
 
 from semanticfl.cli.runs import check_inputs, start_run
-from semanticfl.config import load_config
+from semanticfl.config import Config, load_config
 from semanticfl.engine.experiment import Experiment
-from semanticfl.engine.outputs import RunDirectory, plot_accuracy
+from semanticfl.engine.outputs import RunDirectory, plot_accuracy, run_setting
 from semanticfl.files import atomic_write_text
 
 COLUMNS = (
@@ -27,6 +28,8 @@ COLUMNS = (
     "bytes_per_client_per_round",
     "run_dir",
 )
+COMPARISON_CSV = "comparison.csv"
+PLOT = "accuracy.png"
 
 
 def compare(
@@ -48,8 +51,8 @@ def compare(
         summary = start_run(source, run_overrides, 0, connection)
         histories[name] = RunDirectory(Path(summary["run_dir"])).read_rounds()
         rows.append(comparison_row(name, summary))
-    write_comparison(folder.path, rows, histories, base.experiment.name)
-    print_comparison(rows)
+    write_comparison(folder.path, rows, histories, base)
+    Console().print(comparison_table(rows, base.eval.target_accuracy))
     return folder.path
 
 
@@ -68,42 +71,45 @@ def comparison_row(algorithm: str, summary: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def write_comparison(
-    folder: Path, rows: list[dict[str, Any]], histories: dict[str, list], title: str
-) -> None:
+def write_comparison(folder: Path, rows: list[dict[str, Any]], histories: dict[str, list], config: Config) -> None:
     """comparison.json, comparison.csv and the overlaid accuracy.png."""
     atomic_write_text(folder / "comparison.json", json.dumps(rows, indent=2) + "\n")
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=COLUMNS)
     writer.writeheader()
     writer.writerows(rows)
-    atomic_write_text(folder / "comparison.csv", buffer.getvalue())
-    plot_accuracy(histories, folder / "accuracy.png", f"{title}: test accuracy per round")
+    atomic_write_text(folder / COMPARISON_CSV, buffer.getvalue())
+    title = f"{config.experiment.name}: test accuracy per round"
+    plot_accuracy(histories, folder / PLOT, title, run_setting(config))
 
 
-def print_comparison(rows: list[dict[str, Any]]) -> None:
+def comparison_table(rows: list[dict[str, Any]], target_accuracy: float) -> Table:
+    """One row per algorithm; "rounds to N %" only when ``eval.target_accuracy`` sets N."""
+    columns: list[tuple[str, Callable[[dict[str, Any]], str]]] = [
+        ("algorithm", lambda r: r["algorithm"]),
+        ("final %", lambda r: _fmt(r["final_accuracy"])),
+        ("best %", lambda r: _fmt(r["best_accuracy"])),
+    ]
+    if target_accuracy:
+        columns.append((f"rounds to {target_accuracy:g} %", lambda r: str(r["rounds_to_target"] or "not reached")))
+    columns += [
+        ("time (s)", lambda r: _fmt(r["total_time_s"], 1)),
+        ("s / round", lambda r: _fmt(r["mean_round_time_s"], 2)),
+        ("MB / client / round", lambda r: _fmt(r["bytes_per_client_per_round"] / 1e6, 3)),
+    ]
     table = Table(title="comparison (same partition and seed)")
-    for header in (
-        "algorithm",
-        "final %",
-        "best %",
-        "rounds to target",
-        "time (s)",
-        "s/round",
-        "MB/client/round",
-    ):
-        table.add_column(header, justify="left" if header == "algorithm" else "right")
+    names = max((len(r["algorithm"]) for r in rows), default=0)
+    table.add_column(columns[0][0], min_width=names, no_wrap=True)  # headers wrap at spaces, names never
+    for header, _ in columns[1:]:
+        table.add_column(header, justify="right")
     for row in rows:
-        table.add_row(
-            row["algorithm"],
-            _fmt(row["final_accuracy"]),
-            _fmt(row["best_accuracy"]),
-            str(row["rounds_to_target"] or "—"),
-            _fmt(row["total_time_s"], 1),
-            _fmt(row["mean_round_time_s"], 2),
-            _fmt(row["bytes_per_client_per_round"] / 1e6, 3),
-        )
-    Console().print(table)
+        table.add_row(*(cell(row) for _, cell in columns))
+    return table
+
+
+def comparison_line(folder: Path) -> str:
+    """The last line of a comparison: where its table and side-by-side plot are."""
+    return f"comparison: {folder} (table {COMPARISON_CSV}, side-by-side plot {folder / PLOT})"
 
 
 def _fmt(value: float | None, digits: int = 2) -> str:

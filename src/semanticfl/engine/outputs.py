@@ -22,10 +22,14 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from semanticfl.config import Config, PartitionConfig
 from semanticfl.errors import UserError
 from semanticfl.files import atomic_write_text
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 CSV_COLUMNS = (
     "round",
@@ -77,12 +81,22 @@ class RunDirectory:
     @classmethod
     def open_for_resume(cls, path: str | Path) -> RunDirectory:
         run = cls(Path(path))
-        if not (run.path / "config.toml").is_file():
-            raise UserError(
-                f"--resume {path}: no config.toml there; pass the run directory a previous "
-                "'semanticfl run' printed"
-            )
-        return run
+        if (run.path / "config.toml").is_file():
+            return run
+        inner = run.inner_runs()
+        if inner:
+            listed = ", ".join(f"{r.path} ({'finished' if r.finished() else 'unfinished'})" for r in inner)
+            raise UserError(f"--resume {path} is a comparison folder, not a run; its runs: {listed}")
+        raise UserError(
+            f"--resume {path}: no config.toml there; pass the run directory a previous "
+            "'semanticfl run' printed"
+        )
+
+    def inner_runs(self) -> list[RunDirectory]:
+        """The run directories inside this folder (a comparison's one per algorithm)."""
+        if not self.path.is_dir():
+            return []
+        return [RunDirectory(p) for p in sorted(self.path.iterdir()) if (p / "config.toml").is_file()]
 
     # ------------------------------------------------------------------ files
 
@@ -133,6 +147,17 @@ class RunDirectory:
     def write_summary(self, summary: dict[str, Any]) -> None:
         atomic_write_text(self.path / "summary.json", json.dumps(summary, indent=2) + "\n")
 
+    def read_summary(self) -> dict[str, Any] | None:
+        """The summary the run last wrote (None before its first stop, or if unreadable)."""
+        try:
+            return json.loads((self.path / "summary.json").read_text())
+        except (OSError, json.JSONDecodeError):
+            return None
+
+    def finished(self) -> bool:
+        """Whether the run has done all of ``train.rounds`` (not stopped by ``--until-round``)."""
+        return bool((self.read_summary() or {}).get("complete"))
+
 
 def _csv_value(value: Any) -> Any:
     if isinstance(value, float):
@@ -170,24 +195,49 @@ def _mean(values: Any) -> float | None:
     return sum(values) / len(values) if values else None
 
 
-def plot_accuracy(runs: dict[str, list[dict[str, Any]]], path: Path, title: str) -> None:
-    """Test accuracy vs round, one line per named run, written as a PNG."""
-    import matplotlib
+def partition_words(p: PartitionConfig) -> str:
+    """The partition in a few words: ``dirichlet α=0.1``, ``pathological #C=2``, ``iid`` ..."""
+    details = {
+        "dirichlet": f"α={p.alpha:g}",
+        "pathological": f"#C={p.classes_per_client}",
+        "shards": f"{p.shards_per_client} shards/client",
+        "quantity": f"size α={p.quantity_alpha:g}",
+    }
+    words = f"{p.scheme} {details[p.scheme]}" if p.scheme in details else p.scheme
+    return words + (f", long-tail IF={p.imbalance_factor:g}" if p.imbalance_factor > 1 else "")
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=120)
+def run_setting(config: Config) -> str:
+    """A run's setting for plot titles: dataset, partition, clients, local epochs."""
+    epochs = config.train.local_epochs
+    return (
+        f"{config.data.dataset}, {partition_words(config.partition)}, {config.partition.num_clients} clients, "
+        f"{epochs} local epoch{'s' if epochs != 1 else ''}"
+    )
+
+
+def plot_accuracy(runs: dict[str, list[dict[str, Any]]], path: Path, title: str, setting: str = "") -> None:
+    """Test accuracy vs round, one line per named run, written as a PNG (see :func:`accuracy_figure`)."""
+    accuracy_figure(runs, title, setting).savefig(path)
+
+
+def accuracy_figure(runs: dict[str, list[dict[str, Any]]], title: str, setting: str = "") -> Figure:
+    """Test accuracy vs (integer) round, one line per named run; ``setting`` (see
+    :func:`run_setting`) is the title's second line."""
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    fig = Figure(figsize=(6.4, 4.0), dpi=120, layout="tight")
+    ax = fig.subplots()
     for label, rounds in runs.items():
         points = [(r["round"], r["test_accuracy"]) for r in rounds if r.get("test_accuracy") is not None]
         if points:
             xs, ys = zip(*points)
             ax.plot(xs, ys, marker="o", markersize=3, label=label)
     ax.set_xlabel("round")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, steps=[1, 2, 5, 10]))
     ax.set_ylabel("test accuracy (%)")
-    ax.set_title(title)
+    ax.set_title(f"{title}\n{setting}" if setting else title, fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    return fig
