@@ -8,13 +8,6 @@ from typing import Any
 
 from semanticfl.engine.experiment import Experiment
 
-FLOWER_LEVEL = logging.ERROR
-"""Flower's log level during a simulation, in this process and in the Ray actors (which read
-``FLWR_LOG_LEVEL`` when they start): its INFO/WARNING lines are plumbing, e.g. each actor's
-"Manually terminating ClientAppActor" at shutdown. A client's error still comes back to the
-server as a failed reply and is reported there. Export ``FLWR_LOG_LEVEL=INFO`` to see them."""
-
-
 def available_cores() -> int:
     return max(1, len(os.sched_getaffinity(0)))
 
@@ -24,8 +17,14 @@ def backend_config(experiment: Experiment) -> dict[str, Any]:
 
     ``engine.parallel_clients`` (0 = one per core) actors share the machine, so with the
     default of one thread per client the cores are used without being oversubscribed.
+
+    The Ray workers' own output (each actor's "Manually terminating ClientAppActor" and Ray's
+    C++ messages when it shuts down) reaches this terminal only in verbose mode (``semanticfl -v``,
+    i.e. the ``semanticfl`` logger at INFO); otherwise it stays in Ray's session logs. A client's
+    exception comes back through Ray either way, and the server reports the failed client.
     """
     engine = experiment.config.engine
+    verbose = logging.getLogger("semanticfl").isEnabledFor(logging.INFO)
     parallel = engine.parallel_clients or max(1, available_cores() // engine.threads_per_client)
     resources: dict[str, Any] = {"num_cpus": 1, "num_gpus": 0.0}
     if engine.device.startswith("cuda"):
@@ -35,8 +34,8 @@ def backend_config(experiment: Experiment) -> dict[str, Any]:
         "init_args": {
             "num_cpus": parallel,
             "include_dashboard": False,
-            "logging_level": logging.ERROR,
-            "log_to_driver": True,
+            "logging_level": logging.INFO if verbose else logging.ERROR,
+            "log_to_driver": verbose,
         },
     }
 
@@ -47,7 +46,6 @@ def run_simulation_engine(
     """Run the experiment with ``partition.num_clients`` virtual SuperNodes; returns the summary."""
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-    os.environ.setdefault("FLWR_LOG_LEVEL", logging.getLevelName(FLOWER_LEVEL))
     from flwr.simulation import run_simulation
 
     from semanticfl.engine.apps import build_server_app
@@ -57,7 +55,7 @@ def run_simulation_engine(
     server_app = build_server_app(experiment, config_toml, run_dir, resume, until_round, result)
     flwr_logger = logging.getLogger("flwr")
     level = flwr_logger.level
-    flwr_logger.setLevel(FLOWER_LEVEL)
+    flwr_logger.setLevel(logging.ERROR)
     try:
         run_simulation(
             server_app=server_app,
