@@ -3,8 +3,9 @@
 # image-text benchmark; 3 image, 3 text, 4 image-text clients, all every round; 6 rounds x 2 local
 # epochs; 1,000 public pairs), IID and Dirichlet alpha = 0.1, FedAFD against LOCAL, CreamFL-style and
 # the three ablations, FedAFD with β = 0.05 (BAA's weight at a tenth of the paper's), and FedAFD as its public
-# code runs it (algorithm.fedafd.variant=code); at IID also LOCAL, FedAFD and the code variant with
-# MiniLM text encoders (frozen, pretrained; a trainable head) in every text and image-text client.
+# code runs it (algorithm.fedafd.variant=code); at IID also the paper with only BAA as the code has it
+# (code_baa), and LOCAL, FedAFD and the code variant with MiniLM text encoders (frozen, pretrained; a
+# trainable head) in every text and image-text client.
 # A finished row is skipped, so the script can be stopped and started again.
 #   ./benchmarks/fedafd.sh [OUT] [SETTING-METHOD ...]   # only these rows, in this order (e.g. iid-code)
 #   python benchmarks/fedafd_table.py [OUT]     # -> benchmarks/results/fedafd.json + Markdown
@@ -33,6 +34,8 @@ method_overrides() {
     no_sed) echo "$p.aggregation=mean" ;;
     fedafd_beta*) echo "$p.beta=${1#fedafd_beta}" ;;  # BAA's weight: a sensitivity row, not a tuned one
     code) echo "$p.variant=code" ;;
+    code_baa) echo "$p.discriminator_output=sigmoid $p.adversarial_loss=nonsaturating $p.discriminator_weight=0.5" \
+                   "$p.discriminator_optimizer=adam $p.keep_discriminator_optimizer=true" ;;  # the paper, BAA as the code
   esac
 }
 
@@ -52,5 +55,5 @@ fi
 for setting in dir0.1 iid; do
   for method in fedafd local creamfl_style no_baa no_gff no_sed fedafd_beta0.05 code; do row "$setting" "$method"; done
 done
-for method in minilm_local minilm_fedafd minilm_code; do row iid "$method"; done
+for method in code_baa minilm_local minilm_fedafd minilm_code; do row iid "$method"; done
 python benchmarks/fedafd_table.py "$out"

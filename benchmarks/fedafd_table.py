@@ -17,11 +17,12 @@ import json
 from pathlib import Path
 
 METHODS = ("fedafd", "local", "creamfl_style", "no_baa", "no_gff", "no_sed", "fedafd_beta0.05", "code",
-           "minilm_local", "minilm_fedafd", "minilm_code")
+           "code_baa", "minilm_local", "minilm_fedafd", "minilm_code")
 LABELS = {
     "fedafd": "FedAFD", "local": "LOCAL", "creamfl_style": "CreamFL-style",
     "no_baa": "FedAFD w/o BAA", "no_gff": "FedAFD w/o GFF", "no_sed": "FedAFD w/o SED (mean)",
     "fedafd_beta0.05": "FedAFD, β = 0.05", "code": "FedAFD, variant=code",
+    "code_baa": "FedAFD, BAA as the code (D, loss, ×0.5, Adam)",
     "minilm_local": "LOCAL, MiniLM text", "minilm_fedafd": "FedAFD, MiniLM text",
     "minilm_code": "FedAFD, variant=code, MiniLM text",
 }
