@@ -244,3 +244,48 @@ def test_adamp_matches_the_adamp_package():
             optimizer.step()
     for a, b in zip(ours, theirs):
         torch.testing.assert_close(a, b)
+
+
+# --------------------------------------------------------------------------- the pair-client bug and fresh gates
+
+
+def _pair_client(switch: bool) -> tuple[LocalModel, MultimodalClientData, dict, FedAFDParams]:
+    params = FedAFDParams(variant="code", feature_dim=DIM, pair_baa_batchnorm_only=switch)
+    torch.manual_seed(0)
+    tokenizer = WordTokenizer(SENTENCES, max_length=6)
+    spec = ClientSpec("pair", "resnet10", "bow")
+    images = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    public = ModalData(torch.arange(8) % 2, images=images, tokens=tokenizer.encode(SENTENCES))
+    to_float = lambda x, _generator: x.float() / 255  # noqa: E731
+    data = MultimodalClientData(0, spec, public, public, public, to_float, to_float)
+    payload = {f"public_{m}": np.random.default_rng(1).normal(size=(8, DIM)).astype(np.float32) for m in ("image", "text")}
+    return LocalModel(spec, params, 0, tokenizer, (3, 32)), data, payload, params
+
+
+@pytest.mark.parametrize("switch", [False, True])
+def test_pair_baa_batchnorm_only_moves_nothing_but_batchnorm(switch):
+    local, data, payload, params = _pair_client(switch)
+    before = {name: p.detach().clone() for name, p in local.named_parameters() if not name.startswith("d_")}
+    AdversarialAlignment(local, params, "pair", payload, SETTINGS, SETTINGS, {}).run_pass(data, 4, torch.Generator().manual_seed(1))
+    moved = {name for name, p in local.named_parameters() if name in before and not torch.equal(p, before[name])}
+    batchnorm = {f"{module_name}.{name}" for module_name, module in local.named_modules()
+                 if isinstance(module, torch.nn.BatchNorm2d) for name, _ in module.named_parameters()}
+    norms = moved & batchnorm
+    assert norms  # BatchNorm's affine parameters get BAA gradients in both cases
+    assert (moved == norms) is switch  # with the switch, the convolutions and projections stay where they were
+    assert "image_encoder.project.weight" in moved or switch
+    assert "text_encoder.mlp.0.weight" in moved or switch
+
+
+def test_fresh_gates_are_seeded_and_reset_the_batchnorm_statistics():
+    local, _, _, _ = _pair_client(False)
+    gate = local.fuse_image
+    with torch.no_grad():
+        gate.t1[1].running_mean.fill_(3.0)
+    local.reset_gates(7)
+    first = {k: v.clone() for k, v in gate.state_dict().items()}
+    assert torch.equal(first["t1.1.running_mean"], torch.zeros(64))
+    local.reset_gates(7)
+    assert all(torch.equal(v, gate.state_dict()[k]) for k, v in first.items())
+    local.reset_gates(8)
+    assert not torch.equal(first["t1.0.weight"], gate.t1[0].weight)

@@ -214,7 +214,9 @@ class FedAFD(Algorithm):
         settings: LocalSettings,
         generator: torch.Generator,
     ) -> ClientUpdate:
-        """BAA on the public set and the local task with GFF; uploads public features only.
+        """BAA on the public set (``baa_epochs`` passes at the start of the round, or before each local
+        epoch with ``baa_every_epoch``) and ``train.local_epochs`` of the local task with GFF; uploads
+        public features only.
 
         ``model`` is the global image-text model (used frozen); the client's own model, and the
         optimiser state it keeps, live in ``task.state`` between rounds.
