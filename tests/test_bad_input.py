@@ -320,6 +320,8 @@ VALID_RANGE: dict[str, Callable[[float], bool]] = {
     "teacher.batch_size": at_least(1),
     "teacher.fit_samples": at_least(2),
     "teacher.seed": seed,
+    "teacher.sample_steps": at_least(1),
+    "teacher.guidance_scale": lambda v: 0 <= v <= FLOAT32_MAX,
     "faults.hang_s": above(0),
 }
 """What each number of config.py may be (the partition's numbers depend on the dataset: see below)."""
