@@ -23,7 +23,7 @@ from semanticfl.engine.experiment import Experiment
 from semanticfl.engine.outputs import RunDirectory, partition_words
 from semanticfl.errors import UserError
 
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)  # paths in one piece, for copy and paste
 
 
 def preflight(experiment: Experiment) -> None:
@@ -198,8 +198,7 @@ def print_summary(summary: dict[str, Any]) -> None:
     if not summary["complete"]:
         console.print(
             f"unfinished: stopped after round {summary['rounds']}; continue with: "
-            f"{resume_command(summary['run_dir'])}",
-            soft_wrap=True,
+            f"{resume_command(summary['run_dir'])}"
         )
 
 
