@@ -11,7 +11,16 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import SMALL_RUN, Processes, free_port, read_rounds, run_dirs, semanticfl, wait_for_port, without_timings
+from helpers import (
+    SMALL_RUN,
+    Processes,
+    free_port,
+    read_rounds,
+    run_dirs,
+    semanticfl,
+    wait_for_port,
+    without_timings,
+)
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 README_PORT = "8000"
@@ -27,7 +36,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("fashion_mnist_available
 def readme_deployment_commands() -> dict[str, str]:
     """The commands of the README's Deployment Engine block, by program (continuation lines joined)."""
     section = README.read_text().split("## Several machines", 1)[1]
-    block = re.search(r"```bash\n(.*?)```", section, re.S).group(1)
+    block = re.search(r"```bash\n(.*?)```", section, re.DOTALL).group(1)
     lines = [line for line in block.replace("\\\n", " ").splitlines() if line and not line.startswith("#")]
     return {line.split()[0]: line for line in lines}
 

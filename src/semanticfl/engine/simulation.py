@@ -8,6 +8,7 @@ from typing import Any
 
 from semanticfl.engine.experiment import Experiment
 
+
 def available_cores() -> int:
     return max(1, len(os.sched_getaffinity(0)))
 
