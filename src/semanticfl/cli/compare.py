@@ -84,20 +84,22 @@ def write_comparison(folder: Path, rows: list[dict[str, Any]], histories: dict[s
 
 
 def comparison_table(rows: list[dict[str, Any]], target_accuracy: float) -> Table:
-    """One row per algorithm; "rounds to N %" only when ``eval.target_accuracy`` sets N."""
+    """One row per algorithm; "rounds to N %" only when ``eval.target_accuracy`` sets N ("—": not reached)."""
     columns: list[tuple[str, Callable[[dict[str, Any]], str]]] = [
         ("algorithm", lambda r: r["algorithm"]),
         ("final %", lambda r: _fmt(r["final_accuracy"])),
         ("best %", lambda r: _fmt(r["best_accuracy"])),
     ]
     if target_accuracy:
-        columns.append((f"rounds to {target_accuracy:g} %", lambda r: str(r["rounds_to_target"] or "not reached")))
+        columns.append((f"rounds to {target_accuracy:g} %", lambda r: str(r["rounds_to_target"] or "—")))
     columns += [
         ("time (s)", lambda r: _fmt(r["total_time_s"], 1)),
         ("s / round", lambda r: _fmt(r["mean_round_time_s"], 2)),
         ("MB / client / round", lambda r: _fmt(r["bytes_per_client_per_round"] / 1e6, 3)),
     ]
-    table = Table(title="comparison (same partition and seed)")
+    missed = target_accuracy and any(r["rounds_to_target"] is None for r in rows)
+    caption = f"—: {target_accuracy:g} % not reached" if missed else None
+    table = Table(title="comparison (same partition and seed)", caption=caption)
     names = max((len(r["algorithm"]) for r in rows), default=0)
     table.add_column(columns[0][0], min_width=names, no_wrap=True)  # headers wrap at spaces, names never
     for header, _ in columns[1:]:
