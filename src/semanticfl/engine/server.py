@@ -29,7 +29,7 @@ from semanticfl.engine import exchanges, records
 from semanticfl.engine.audit import AuditingGrid
 from semanticfl.engine.checkpoint import load_latest_checkpoint, save_checkpoint
 from semanticfl.engine.experiment import Experiment
-from semanticfl.engine.outputs import RunDirectory, plot_accuracy, summarize
+from semanticfl.engine.outputs import RunDirectory, plot_accuracy, run_setting, summarize
 from semanticfl.engine.progress import RoundReporter
 from semanticfl.errors import RunAborted, UserError
 from semanticfl.models import state_to_numpy
@@ -349,6 +349,7 @@ class FederatedServer:
             {self.config.algorithm.name: self.rounds},
             self.run_dir.file("accuracy.png"),
             f"{self.config.experiment.name}: {self.config.data.dataset}",
+            run_setting(self.config),
         )
         return summary
 
