@@ -4,8 +4,9 @@
 # epochs; 1,000 public pairs), IID and Dirichlet alpha = 0.1, FedAFD against LOCAL, CreamFL-style and
 # the three ablations, FedAFD with β = 0.05 (BAA's weight at a tenth of the paper's), and FedAFD as its public
 # code runs it (algorithm.fedafd.variant=code); at IID also the paper with only BAA as the code has it
-# (code_baa), and LOCAL, FedAFD and the code variant with MiniLM text encoders (frozen, pretrained; a
-# trainable head) in every text and image-text client.
+# (code_baa), the code less its lr decay, its per-epoch BAA or its GFF settings, and LOCAL, FedAFD and the
+# code variant with MiniLM text encoders (frozen, pretrained; a trainable head) in every text and
+# image-text client.
 # A finished row is skipped, so the script can be stopped and started again.
 #   ./benchmarks/fedafd.sh [OUT] [SETTING-METHOD ...]   # only these rows, in this order (e.g. iid-code)
 #   python benchmarks/fedafd_table.py [OUT]     # -> benchmarks/results/fedafd.json + Markdown
@@ -36,6 +37,9 @@ method_overrides() {
     code) echo "$p.variant=code" ;;
     code_baa) echo "$p.discriminator_output=sigmoid $p.adversarial_loss=nonsaturating $p.discriminator_weight=0.5" \
                    "$p.discriminator_optimizer=adam $p.keep_discriminator_optimizer=true" ;;  # the paper, BAA as the code
+    code_no_decay) echo "$p.variant=code $p.lr_decay_at=[]" ;;  # the code less one of its differences each
+    code_baa_once) echo "$p.variant=code $p.baa_every_epoch=false" ;;
+    code_paper_gff) echo "$p.variant=code $p.gff_second_gate=same $p.gff_optimizer=encoder $p.gff_fresh_each_round=false" ;;
   esac
 }
 
@@ -55,5 +59,7 @@ fi
 for setting in dir0.1 iid; do
   for method in fedafd local creamfl_style no_baa no_gff no_sed fedafd_beta0.05 code; do row "$setting" "$method"; done
 done
-for method in code_baa minilm_local minilm_fedafd minilm_code; do row iid "$method"; done
+for method in code_baa code_no_decay code_baa_once code_paper_gff minilm_local minilm_fedafd minilm_code; do
+  row iid "$method"
+done
 python benchmarks/fedafd_table.py "$out"

@@ -17,12 +17,14 @@ import json
 from pathlib import Path
 
 METHODS = ("fedafd", "local", "creamfl_style", "no_baa", "no_gff", "no_sed", "fedafd_beta0.05", "code",
-           "code_baa", "minilm_local", "minilm_fedafd", "minilm_code")
+           "code_baa", "code_no_decay", "code_baa_once", "code_paper_gff", "minilm_local", "minilm_fedafd", "minilm_code")
 LABELS = {
     "fedafd": "FedAFD", "local": "LOCAL", "creamfl_style": "CreamFL-style",
     "no_baa": "FedAFD w/o BAA", "no_gff": "FedAFD w/o GFF", "no_sed": "FedAFD w/o SED (mean)",
     "fedafd_beta0.05": "FedAFD, β = 0.05", "code": "FedAFD, variant=code",
     "code_baa": "FedAFD, BAA as the code (D, loss, ×0.5, Adam)",
+    "code_no_decay": "variant=code, no lr decay", "code_baa_once": "variant=code, BAA once a round",
+    "code_paper_gff": "variant=code, the paper's GFF",
     "minilm_local": "LOCAL, MiniLM text", "minilm_fedafd": "FedAFD, MiniLM text",
     "minilm_code": "FedAFD, variant=code, MiniLM text",
 }
