@@ -52,7 +52,9 @@ def check_request(request: GuidanceRequest) -> None:
 
 
 def generated_images(targets: TeacherTargets, prompts: tuple[str, ...], labels: np.ndarray) -> np.ndarray:
-    """uint8 images of ``prompts[labels[i]]``, generated once and cached (a progress bar while building)."""
+    """uint8 images of ``prompts[labels[i]]``, generated once and cached (a progress bar while building).
+
+    The result is an in-memory copy, not a view of the cache file, so it survives the entry being rebuilt."""
     ds, settings = targets.inputs.dataset, sampler_settings(targets)
     sampler = Sampler(targets.teacher, settings)
     shape = (ds.in_channels, ds.image_size, ds.image_size)
@@ -75,7 +77,7 @@ def generated_images(targets: TeacherTargets, prompts: tuple[str, ...], labels: 
     entry = targets.store.build(
         key, {IMAGES: (shape, np.uint8)}, len(labels), compute, chunk=settings.batch_size, progress=targets.progress
     )
-    return np.asarray(entry.arrays[IMAGES])
+    return np.array(entry.arrays[IMAGES])
 
 
 def public_images(targets: TeacherTargets, per_class: int, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
