@@ -1,0 +1,130 @@
+"""SemanticFL's guidance-set mode against FedAvg and its controls (issue 15's evidence), as a queue of rows.
+
+Every row is the shipped ``quickstart`` config (Fashion-MNIST, 10 clients, Dir(0.1), simple CNN,
+20 rounds, the 10,000-image server split that no client holds and that the offline teacher was
+trained on) at ``e1`` (1 local epoch, the benchmark protocol) or ``e5`` (5 local epochs), one seed:
+
+- ``fedavg``; ``datashare_public`` (FedAvg + 100 real server images per class shared with every client,
+  Zhao et al. 2018); ``datashare_generated`` (FedAvg + the 100 generated images per class of the
+  guidance set, no teacher features) -- the controls of the guidance rows with the same images;
+- ``anchors`` (SemanticFL's prompt-only anchors) and ``local`` (per-sample teacher features, private);
+- ``guidance_{public,generated}`` (the guidance set with teacher features), ``..._ce`` with CE on the
+  guidance labels (λ = 1).
+
+A finished row is skipped; an interrupted one is continued with ``semanticfl run --resume`` (exact).
+After every row the table is written to ``benchmarks/results/guidance.json``.
+
+    python benchmarks/guidance.py e1-fedavg-s0 e1-guidance_public-s0 ...   # run these rows, in order
+    python benchmarks/guidance.py --table                                   # print the Markdown table
+
+``--teacher DIR`` sets ``teacher.path`` for the rows that use a teacher (default: the shipped one).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+OUT = Path("benchmarks/out/guidance")
+RESULTS = Path("benchmarks/results/guidance.json")
+SETTINGS = {"e1": ["train.local_epochs=1"], "e5": ["train.local_epochs=5"]}
+S = "algorithm.semanticfl"
+METHODS = {
+    "fedavg": ["algorithm.name=fedavg"],
+    "datashare_public": ["algorithm.name=datashare", "algorithm.datashare.source=public"],
+    "datashare_generated": ["algorithm.name=datashare", "algorithm.datashare.source=generated"],
+    "anchors": ["algorithm.name=semanticfl", f"{S}.mode=anchors"],
+    "local": ["algorithm.name=semanticfl", f"{S}.mode=local"],
+    "guidance_public": ["algorithm.name=semanticfl", f"{S}.mode=guidance", f"{S}.guidance_source=public"],
+    "guidance_public_ce": ["algorithm.name=semanticfl", f"{S}.mode=guidance", f"{S}.guidance_source=public",
+                           f"{S}.lambda_guidance_ce=1.0"],
+    "guidance_generated": ["algorithm.name=semanticfl", f"{S}.mode=guidance", f"{S}.guidance_source=generated"],
+    "guidance_generated_ce": ["algorithm.name=semanticfl", f"{S}.mode=guidance", f"{S}.guidance_source=generated",
+                              f"{S}.lambda_guidance_ce=1.0"],
+}
+USES_TEACHER = {m for m in METHODS if m not in ("fedavg", "datashare_public")}
+
+
+def parse_row(name: str) -> tuple[str, str, int]:
+    setting, method, seed = name.split("-")
+    if setting not in SETTINGS or method not in METHODS or not seed.startswith("s"):
+        sys.exit(f"unknown row {name!r}: SETTING-METHOD-sSEED with SETTING in {list(SETTINGS)}, METHOD in {list(METHODS)}")
+    return setting, method, int(seed[1:])
+
+
+def run_dir(name: str) -> Path | None:
+    found = sorted(OUT.glob(f"{name}-2*/"))
+    return found[-1] if found else None
+
+
+def summary_of(folder: Path | None) -> dict | None:
+    path = folder / "summary.json" if folder else None
+    return json.loads(path.read_text()) if path and path.exists() else None
+
+
+def run_row(name: str, teacher: str | None) -> None:
+    setting, method, seed = parse_row(name)
+    folder = run_dir(name)
+    summary = summary_of(folder)
+    if summary and summary.get("complete"):
+        return
+    if folder and any((folder / "checkpoints").glob("*")):
+        command = ["semanticfl", "run", "--resume", str(folder)]
+    else:
+        overrides = [*SETTINGS[setting], *METHODS[method], f"experiment.seed={seed}"]
+        if teacher and method in USES_TEACHER:
+            overrides.append(f"teacher.path={teacher}")
+        command = ["semanticfl", "run", "quickstart", f"experiment.name={name}", f"experiment.output_dir={OUT}", *overrides]
+    print("+", " ".join(command), flush=True)
+    subprocess.run(command, check=True)
+
+
+def table_rows() -> list[dict]:
+    rows = []
+    for path in sorted(OUT.glob("*/summary.json")):
+        summary = json.loads(path.read_text())
+        if not summary.get("complete"):
+            continue
+        setting, method, seed = parse_row(summary["experiment"])
+        teacher = tomllib.loads((path.parent / "config.toml").read_text()).get("teacher", {}).get("path", "")
+        rows.append({
+            "setting": setting, "method": method, "seed": seed,
+            "teacher": (teacher or "shipped") if method in USES_TEACHER else "",
+            "final_test_accuracy": summary["final_accuracy"], "final_val_accuracy": summary["final_val_accuracy"],
+            "best_test_accuracy": summary["best_accuracy"], "seconds": summary["total_time_s"],
+            "guidance_mb_down_per_client": (summary.get("guidance_bytes_down_per_client") or 0) / 1e6,
+        })
+    return rows
+
+
+def markdown(rows: list[dict]) -> str:
+    lines = ["| setting | method | seed | teacher | final val | final test | best test | guidance MB down once |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in sorted(rows, key=lambda r: (r["setting"], list(METHODS).index(r["method"]), r["seed"])):
+        lines.append(f"| {r['setting']} | {r['method']} | {r['seed']} | {r['teacher']} | {r['final_val_accuracy']:.2f} "
+                     f"| {r['final_test_accuracy']:.2f} | {r['best_test_accuracy']:.2f} "
+                     f"| {r['guidance_mb_down_per_client']:.3f} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("rows", nargs="*")
+    parser.add_argument("--teacher", help="teacher.path of the rows that use a teacher")
+    parser.add_argument("--table", action="store_true")
+    args = parser.parse_args()
+    for name in args.rows:
+        parse_row(name)
+    for name in args.rows:
+        run_row(name, args.teacher)
+        RESULTS.write_text(json.dumps(table_rows(), indent=1) + "\n")
+    if args.table:
+        print(markdown(table_rows()))
+
+
+if __name__ == "__main__":
+    main()
