@@ -15,9 +15,9 @@ from semanticfl.data.multimodal import WordTokenizer
 from semanticfl.errors import UserError
 from semanticfl.models import multimodal
 from semanticfl.models.multimodal import MiniLMEncoder, build_text_encoder
-from semanticfl.teachers import text
+from semanticfl.models import text
 from semanticfl.teachers.sd import build_tiny_stable_diffusion
-from semanticfl.teachers.text import CLIPPromptEncoder, MiniLMPromptEncoder
+from semanticfl.models.text import CLIPPromptEncoder, MiniLMPromptEncoder
 
 
 @pytest.fixture(scope="module")

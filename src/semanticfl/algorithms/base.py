@@ -27,14 +27,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from semanticfl.config import build_dataclass
 from semanticfl.models import load_numpy_state, state_to_numpy
-from semanticfl.teachers.base import AnchorRequest, FeatureRequest, GuidanceRequest, GuidanceSet
+from semanticfl.teachers.base import (
+    AnchorRequest,
+    FeatureRequest,
+    GuidanceRequest,
+    GuidanceSet,
+    TeacherShape,
+)
+from semanticfl.verified import Arrays
 
 if TYPE_CHECKING:
     from semanticfl.data.datasets import ImageDataset
-
-Arrays = dict[str, np.ndarray]
-"""Named arrays: a model state, a control variate, features... whatever crosses the wire."""
 
 
 @dataclass(frozen=True)
@@ -146,6 +151,8 @@ class AlgorithmSetup:
     class_names: tuple[str, ...]
     num_clients: int
     seed: int
+    teacher_shape: Callable[[], TeacherShape] | None = None
+    """The configured teacher's widths, read on demand (``layer_dims``/``text_dim`` = ``"auto"``)."""
 
 
 @dataclass
@@ -387,8 +394,6 @@ def load_arrays(model: nn.Module, arrays: Arrays) -> None:
 
 def params_from_dict(params_cls: type, values: dict[str, Any], algorithm: str) -> Any:
     """Build an algorithm's ``Params`` dataclass from its ``[algorithm.<name>]`` table."""
-    from semanticfl.config import build_dataclass  # local: config imports nothing from here
-
     if not dataclasses.is_dataclass(params_cls):
         raise TypeError(f"{params_cls!r} must be a dataclass")
     return build_dataclass(params_cls, values, f"algorithm.{algorithm}")

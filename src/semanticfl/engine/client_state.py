@@ -18,7 +18,7 @@ import logging
 from pathlib import Path
 
 from semanticfl.algorithms.base import Arrays
-from semanticfl.engine.checkpoint import read_verified, write_verified
+from semanticfl.verified import read_verified, write_verified
 
 log = logging.getLogger(__name__)
 

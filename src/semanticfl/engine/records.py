@@ -8,15 +8,11 @@ import numpy as np
 from flwr.app import Array, ArrayRecord
 
 from semanticfl.algorithms.base import Arrays
+from semanticfl.verified import contiguous
 
 # Keys of the RecordDict exchanged in every message.
 MODEL, PAYLOAD, EXTRA, METRICS, CONFIG = "model", "payload", "extra", "metrics", "config"
 STATE, STATE_ROUND = "algorithm-state", "algorithm-state-round"
-
-
-def contiguous(value: np.ndarray) -> np.ndarray:
-    """C-contiguous, keeping 0-d arrays 0-d (``np.ascontiguousarray`` makes them 1-d)."""
-    return np.ascontiguousarray(value).reshape(np.shape(value))
 
 
 def to_record(arrays: Arrays) -> ArrayRecord:

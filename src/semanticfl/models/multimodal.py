@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from semanticfl.errors import UserError
 from semanticfl.models.registry import build_model, model_names
-from semanticfl.teachers.text import MiniLMPromptEncoder, shared_minilm
+from semanticfl.models.text import MiniLMPromptEncoder, shared_minilm
 
 if TYPE_CHECKING:
     from semanticfl.data.multimodal import WordTokenizer
@@ -102,7 +102,7 @@ class MiniLMEncoder(nn.Module):
 
     The ids are turned back into their lower-cased words (what the uncased MiniLM would see of the
     sentence, less punctuation; unknown ids become MiniLM's ``[UNK]``). MiniLM itself is the shared
-    :func:`~semanticfl.teachers.text.shared_minilm`, not a submodule, so the head holds the only
+    :func:`~semanticfl.models.text.shared_minilm`, not a submodule, so the head holds the only
     parameters and the whole state_dict.
     """
 

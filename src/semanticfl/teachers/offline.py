@@ -34,7 +34,7 @@ from semanticfl.teachers.base import ExtractionSettings
 from semanticfl.teachers.codecs import TAEF2Codec
 from semanticfl.teachers.diffusion import DiffusionTeacher
 from semanticfl.teachers.taef2 import TAEF2
-from semanticfl.teachers.text import MINILM_NAME, MINILM_PACKAGE, MiniLMPromptEncoder
+from semanticfl.models.text import MINILM_NAME, MINILM_PACKAGE, MiniLMPromptEncoder
 
 logger = logging.getLogger(__name__)
 

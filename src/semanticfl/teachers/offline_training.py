@@ -49,7 +49,7 @@ from semanticfl.teachers.offline import (
     prepare_images,
 )
 from semanticfl.teachers.taef2 import TAEF2
-from semanticfl.teachers.text import MINILM_NAME, MINILM_PACKAGE, MiniLMPromptEncoder
+from semanticfl.models.text import MINILM_NAME, MINILM_PACKAGE, MiniLMPromptEncoder
 
 logger = logging.getLogger(__name__)
 

@@ -24,8 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from semanticfl.engine.checkpoint import read_verified, write_verified
 from semanticfl.errors import UserError
+from semanticfl.verified import read_verified, write_verified
 
 MODES = ("gap", "spatial_norm")
 FUSED = "fused"

@@ -23,7 +23,7 @@ from semanticfl.errors import UserError
 from semanticfl.teachers.base import ExtractionSettings
 from semanticfl.teachers.codecs import AutoencoderKLCodec
 from semanticfl.teachers.diffusion import DiffusionTeacher, resolve_device, resolve_dtype
-from semanticfl.teachers.text import CLIPPromptEncoder
+from semanticfl.models.text import CLIPPromptEncoder
 
 SUBFOLDERS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
