@@ -1,8 +1,10 @@
 """SemanticFL's guidance-set mode against FedAvg and its controls (issue 15's evidence), as a queue of rows.
 
-Every row is the shipped ``quickstart`` config (Fashion-MNIST, 10 clients, Dir(0.1), simple CNN,
-20 rounds, the 10,000-image server split that no client holds and that the offline teacher was
-trained on) at ``e1`` (1 local epoch, the benchmark protocol) or ``e5`` (5 local epochs), one seed:
+Rows are ``DATASET-SETTING-METHOD-sSEED``. ``fmnist`` is the shipped ``quickstart`` config (Fashion-MNIST,
+10 clients, Dir(0.1), simple CNN, 20 rounds); ``cifar10`` is ``cifar10_cnn`` at the CIFAR-10 benchmark
+protocol (10 clients, Dir(0.1), simple CNN, 10 rounds). Both withhold a 10,000-image server split that no
+client holds, that the offline teacher was trained on and that is the validation split. ``e1`` = 1 local
+epoch (the benchmark protocol), ``e5`` = 5 local epochs. Methods:
 
 - ``fedavg``; ``datashare_public`` (FedAvg + 100 real server images per class shared with every client,
   Zhao et al. 2018); ``datashare_generated`` (FedAvg + the 100 generated images per class of the
@@ -14,10 +16,12 @@ trained on) at ``e1`` (1 local epoch, the benchmark protocol) or ``e5`` (5 local
 A finished row is skipped; an interrupted one is continued with ``semanticfl run --resume`` (exact).
 After every row the table is written to ``benchmarks/results/guidance.json``.
 
-    python benchmarks/guidance.py e1-fedavg-s0 e1-guidance_public-s0 ...   # run these rows, in order
-    python benchmarks/guidance.py --table                                   # print the Markdown table
+    python benchmarks/guidance.py fmnist-e1-fedavg-s0 fmnist-e1-guidance_public-s0 ...  # these rows, in order
+    python benchmarks/guidance.py --table                                              # the Markdown table
 
-``--teacher DIR`` sets ``teacher.path`` for the rows that use a teacher (default: the shipped one).
+``--teacher DIR`` sets ``teacher.path`` for the rows that use a teacher (default: the shipped Fashion-MNIST
+teacher; for CIFAR-10 ``benchmarks/out/teachers/cifar10``, built by ``semanticfl teacher train cifar10_cnn
+data.server_holdout=10000 --out benchmarks/out/teachers/cifar10 --steps 5000``).
 """
 
 from __future__ import annotations
@@ -31,6 +35,12 @@ from pathlib import Path
 
 OUT = Path("benchmarks/out/guidance")
 RESULTS = Path("benchmarks/results/guidance.json")
+DATASETS = {
+    "fmnist": ["quickstart"],
+    "cifar10": ["cifar10_cnn", "data.server_holdout=10000", "partition.alpha=0.1", "train.rounds=10",
+                "algorithm.semanticfl.layer_dims=[32,128,128,64]"],  # the offline teacher's channels cap them
+}
+TEACHERS = {"fmnist": None, "cifar10": "benchmarks/out/teachers/cifar10"}
 SETTINGS = {"e1": ["train.local_epochs=1"], "e5": ["train.local_epochs=5"]}
 S = "algorithm.semanticfl"
 METHODS = {
@@ -49,11 +59,13 @@ METHODS = {
 USES_TEACHER = {m for m in METHODS if m not in ("fedavg", "datashare_public")}
 
 
-def parse_row(name: str) -> tuple[str, str, int]:
-    setting, method, seed = name.split("-")
-    if setting not in SETTINGS or method not in METHODS or not seed.startswith("s"):
-        sys.exit(f"unknown row {name!r}: SETTING-METHOD-sSEED with SETTING in {list(SETTINGS)}, METHOD in {list(METHODS)}")
-    return setting, method, int(seed[1:])
+def parse_row(name: str) -> tuple[str, str, str, int]:
+    parts = name.split("-")
+    if (len(parts) != 4 or parts[0] not in DATASETS or parts[1] not in SETTINGS or parts[2] not in METHODS
+            or not parts[3].startswith("s")):
+        sys.exit(f"unknown row {name!r}: DATASET-SETTING-METHOD-sSEED with DATASET in {list(DATASETS)}, "
+                 f"SETTING in {list(SETTINGS)}, METHOD in {list(METHODS)}")
+    return parts[0], parts[1], parts[2], int(parts[3][1:])
 
 
 def run_dir(name: str) -> Path | None:
@@ -67,7 +79,7 @@ def summary_of(folder: Path | None) -> dict | None:
 
 
 def run_row(name: str, teacher: str | None) -> None:
-    setting, method, seed = parse_row(name)
+    dataset, setting, method, seed = parse_row(name)
     folder = run_dir(name)
     summary = summary_of(folder)
     if summary and summary.get("complete"):
@@ -75,10 +87,12 @@ def run_row(name: str, teacher: str | None) -> None:
     if folder and any((folder / "checkpoints").glob("*")):
         command = ["semanticfl", "run", "--resume", str(folder)]
     else:
-        overrides = [*SETTINGS[setting], *METHODS[method], f"experiment.seed={seed}"]
+        config, *overrides = DATASETS[dataset]
+        overrides += [*SETTINGS[setting], *METHODS[method], f"experiment.seed={seed}"]
+        teacher = teacher or TEACHERS[dataset]
         if teacher and method in USES_TEACHER:
             overrides.append(f"teacher.path={teacher}")
-        command = ["semanticfl", "run", "quickstart", f"experiment.name={name}", f"experiment.output_dir={OUT}", *overrides]
+        command = ["semanticfl", "run", config, f"experiment.name={name}", f"experiment.output_dir={OUT}", *overrides]
     print("+", " ".join(command), flush=True)
     subprocess.run(command, check=True)
 
@@ -89,10 +103,10 @@ def table_rows() -> list[dict]:
         summary = json.loads(path.read_text())
         if not summary.get("complete"):
             continue
-        setting, method, seed = parse_row(summary["experiment"])
+        dataset, setting, method, seed = parse_row(summary["experiment"])
         teacher = tomllib.loads((path.parent / "config.toml").read_text()).get("teacher", {}).get("path", "")
         rows.append({
-            "setting": setting, "method": method, "seed": seed,
+            "dataset": dataset, "setting": setting, "method": method, "seed": seed,
             "teacher": (teacher or "shipped") if method in USES_TEACHER else "",
             "final_test_accuracy": summary["final_accuracy"], "final_val_accuracy": summary["final_val_accuracy"],
             "best_test_accuracy": summary["best_accuracy"], "seconds": summary["total_time_s"],
@@ -102,10 +116,10 @@ def table_rows() -> list[dict]:
 
 
 def markdown(rows: list[dict]) -> str:
-    lines = ["| setting | method | seed | teacher | final val | final test | best test | guidance MB down once |",
-             "|---|---|---|---|---|---|---|---|"]
-    for r in sorted(rows, key=lambda r: (r["setting"], list(METHODS).index(r["method"]), r["seed"])):
-        lines.append(f"| {r['setting']} | {r['method']} | {r['seed']} | {r['teacher']} | {r['final_val_accuracy']:.2f} "
+    lines = ["| dataset | setting | method | seed | teacher | final val | final test | best test | guidance MB down once |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in sorted(rows, key=lambda r: (r["dataset"], r["setting"], list(METHODS).index(r["method"]), r["seed"])):
+        lines.append(f"| {r['dataset']} | {r['setting']} | {r['method']} | {r['seed']} | {r['teacher']} | {r['final_val_accuracy']:.2f} "
                      f"| {r['final_test_accuracy']:.2f} | {r['best_test_accuracy']:.2f} "
                      f"| {r['guidance_mb_down_per_client']:.3f} |")
     return "\n".join(lines)

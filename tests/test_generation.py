@@ -158,6 +158,19 @@ def test_public_guidance_sets_are_class_balanced_server_images_with_teacher_feat
         guidance_set(experiment.teacher_targets, GuidanceRequest("g", 0, prompts, "public"))
 
 
+def test_the_validation_split_leaves_out_the_server_images_clients_receive(small_experiment):
+    shared = small_experiment("algorithm.name=datashare", "algorithm.datashare.source=public",
+                              "algorithm.datashare.per_class=7")
+    sent = shared.teacher_targets.public_class_samples(7, 10).reshape(-1)
+    assert len(shared.holdout_indices) == 10_000
+    assert len(shared.validation_indices) == 10_000 - 70
+    assert np.intersect1d(shared.validation_indices, sent).size == 0
+    assert np.array_equal(np.union1d(shared.validation_indices, sent), np.sort(shared.holdout_indices))
+    assert len(shared.validation_tensors[1]) == 9_930
+    generated = small_experiment("algorithm.name=datashare", "algorithm.datashare.source=generated")
+    assert np.array_equal(generated.validation_indices, generated.holdout_indices)  # nothing of it sent
+
+
 def test_teacher_sample_writes_images_and_a_grid_and_bad_input_writes_nothing(tmp_path):
     env = {"SEMANTICFL_CACHE": str(tmp_path / "cache")}
     out = tmp_path / "samples"

@@ -43,7 +43,8 @@ class DataConfig:
     augment: bool = True
     server_holdout: int = 0
     """Training samples (stratified by class) withheld from all clients; the server uses them
-    as a validation split (central evaluation reports ``val_accuracy`` on them)."""
+    as a validation split (central evaluation reports ``val_accuracy`` on them, less any of them it
+    shares with clients as a public guidance set)."""
     train_fraction: float = 1.0
     """Share of the remaining training set (seeded random subset) that clients partition;
     < 1 sizes an experiment down to a small machine."""

@@ -170,8 +170,19 @@ class Experiment:
         )
 
     @cached_property
-    def holdout_tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
-        index = self.holdout_indices
+    def validation_indices(self) -> np.ndarray:
+        """The server split less the images of it that clients receive (a public guidance set), so that
+        ``val_accuracy`` is measured on images no client trained on."""
+        shared = [
+            self.teacher_targets.public_class_samples(request.per_class, self.dataset.num_classes).reshape(-1)
+            for request in self.algorithm.guidance_requests()
+            if request.source == "public"
+        ]
+        return np.setdiff1d(self.holdout_indices, np.concatenate(shared)) if shared else self.holdout_indices
+
+    @cached_property
+    def validation_tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        index = self.validation_indices
         return (
             images_to_tensor(self.dataset.train_images, index),
             torch.from_numpy(np.array(self.dataset.train_labels[index], dtype=np.int64)),

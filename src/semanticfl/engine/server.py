@@ -276,7 +276,7 @@ class FederatedServer:
             )
             result = {"test_accuracy": test["accuracy"], "test_loss": test["loss"]}
             if len(self.experiment.holdout_indices):
-                images, labels = self.experiment.holdout_tensors
+                images, labels = self.experiment.validation_tensors
                 val = self.algorithm.evaluate(
                     self.eval_model, images, labels, lambda x: transform(x, None), e.batch_size, device
                 )
