@@ -23,7 +23,8 @@ import pytest
 import torch
 from PIL import Image
 
-from semanticfl.data import datasets
+from semanticfl.data import datasets, downloads, layouts
+from semanticfl.data.cache import fingerprint
 from semanticfl.data.datasets import (
     DATASETS,
     DatasetSpec,
@@ -99,7 +100,7 @@ def _write_mnist_style(folder: Path, gz: bool, seed: int = 0, train_labels=None)
         rng.integers(0, 256, (5, 28, 28), dtype=np.uint8),
         rng.integers(0, 10, 5).astype(np.uint8),
     )
-    for stem, array in zip(datasets._IdxLayout.STEMS, arrays):
+    for stem, array in zip(layouts.IdxLayout.STEMS, arrays):
         _write_idx(folder / (stem + (".gz" if gz else "")), array)
     return arrays
 
@@ -107,7 +108,7 @@ def _write_mnist_style(folder: Path, gz: bool, seed: int = 0, train_labels=None)
 def _write_cifar_pickles(folder: Path, name: str, seed: int = 0):
     """A small CIFAR python release of ``name``; returns (train images, train labels, test images, test labels)."""
     rng = np.random.default_rng(seed)
-    layout = datasets._CifarPickleLayout(folder, name)
+    layout = layouts.CifarPickleLayout(folder, name)
     classes = len(DATASETS[name].classes)
     folder.mkdir(parents=True, exist_ok=True)
     batches = {}
@@ -443,7 +444,7 @@ def test_second_load_reads_the_cache_without_decoding(tmp_path, monkeypatch):
     def fail(*_):
         raise AssertionError("decoded again")
 
-    monkeypatch.setattr(datasets._IdxLayout, "decode", fail)
+    monkeypatch.setattr(layouts.IdxLayout, "decode", fail)
     second = _load_idx_dataset(tmp_path)
     assert isinstance(second.train_images, np.memmap) and np.array_equal(second.train_images[:, 0], arrays[0])
     folder = _cache_folders(tmp_path / "cache", "mnist")[0]
@@ -476,10 +477,10 @@ def test_changed_source_gets_a_new_fingerprint_and_cache(tmp_path):
     _write_mnist_style(tmp_path / "data" / "mnist", gz=False, train_labels=[0] * 12)
     assert _load_idx_dataset(tmp_path).train_labels.tolist() == [0] * 12
     labels_file = tmp_path / "data" / "mnist" / "train-labels-idx1-ubyte"
-    before = datasets._fingerprint("mnist", [labels_file])
+    before = fingerprint("mnist", [labels_file])
     _write_idx(labels_file, np.full(12, 7, np.uint8))
     os.utime(labels_file, ns=(time.time_ns() + 10**9,) * 2)  # a later mtime even on coarse-clock filesystems
-    assert datasets._fingerprint("mnist", [labels_file]) != before
+    assert fingerprint("mnist", [labels_file]) != before
     assert _load_idx_dataset(tmp_path).train_labels.tolist() == [7] * 12
     assert len(_cache_folders(tmp_path / "cache", "mnist")) == 2
 
@@ -497,8 +498,8 @@ def _cifar100_release(tmp_path: Path):
 
 
 def _use_release(monkeypatch, url: str, md5: str) -> None:
-    release = (datasets._Download(url, md5, "cifar-100-python"),)
-    monkeypatch.setitem(datasets._DOWNLOADS, "cifar100", release)
+    release = (downloads._Download(url, md5, "cifar-100-python"),)
+    monkeypatch.setitem(downloads._DOWNLOADS, "cifar100", release)
 
 
 def test_download_verifies_unpacks_and_is_found_again(tmp_path, monkeypatch):
@@ -525,7 +526,7 @@ def test_offline_download_is_a_user_error(tmp_path, monkeypatch):
     def offline(*_, **__):
         raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
 
-    monkeypatch.setattr(datasets, "_open_url", offline)
+    monkeypatch.setattr(downloads, "_open_url", offline)
     message = _user_error(load_image_dataset, "mnist", cache_dir=str(tmp_path / "cache"), download=True)
     assert "could not download https://" in message and "name resolution" in message
     assert list((tmp_path / "cache" / "downloads" / "mnist").iterdir()) == []
@@ -535,7 +536,7 @@ def test_no_download_unless_asked(tmp_path, monkeypatch):
     def forbidden(*_, **__):
         raise AssertionError("tried to download")
 
-    monkeypatch.setattr(datasets, "_open_url", forbidden)
+    monkeypatch.setattr(downloads, "_open_url", forbidden)
     message = _user_error(load_image_dataset, "mnist", cache_dir=str(tmp_path / "cache"))
     assert "download=True" in message
 
