@@ -44,7 +44,7 @@ from semanticfl.cli.main import main
 from semanticfl.cli.runs import check_inputs
 from semanticfl.config import Config, PartitionConfig, config_from_dict, load_config
 from semanticfl.data.datasets import DATASETS, load_image_dataset
-from semanticfl.data.partition import SCHEMES, PartitionSpec, partition_indices
+from semanticfl.data.partition import CLASS_ASSIGNMENTS, SCHEMES, PartitionSpec, partition_indices
 from semanticfl.engine.experiment import Experiment
 from semanticfl.errors import UserError
 from semanticfl.models import model_names
@@ -403,7 +403,14 @@ def test_min_clients_above_the_clients_a_round_samples_is_rejected():
 @EXAMPLES
 @given(
     key=st.sampled_from(
-        ["data.dataset", "model.name", "algorithm.name", "partition.scheme", "engine.backend"]
+        [
+            "data.dataset",
+            "model.name",
+            "algorithm.name",
+            "partition.scheme",
+            "partition.class_assignment",
+            "engine.backend",
+        ]
     ),
     name=st.text(max_size=12),
 )
@@ -413,12 +420,21 @@ def test_an_unknown_name_is_a_user_error_before_anything_runs(key, name, fashion
         "model.name": model_names(),
         "algorithm.name": ALGORITHMS,
         "partition.scheme": SCHEMES,
+        "partition.class_assignment": CLASS_ASSIGNMENTS,
         "engine.backend": ("simulation", "deployment"),
     }[key]
     if name in known:
         return
     override = f"{key}={json.dumps(name, ensure_ascii=False)}"
     rejects(override, lambda: quickstart_inputs([override]))
+
+
+def test_an_unknown_class_assignment_exits_2_naming_the_valid_ones(
+    capsys, tmp_path, fashion_mnist_available
+):
+    bad = ["partition.scheme=pathological", "partition.class_assignment=shuffled"]
+    err = cli_rejects(capsys, "partition", "quickstart", *SMALL, *bad, "--out", str(tmp_path / "out"))
+    assert TALLYING or "choose one of deterministic, random, first-deterministic" in err
 
 
 def quickstart_inputs(overrides: list[str]) -> None:
@@ -988,6 +1004,7 @@ BAD_DATA_INPUTS = [
     ["data.root=/nonexistent/data"],
     ["data.server_holdout=60000"],
     ["partition.scheme=pathological", "partition.classes_per_client=11"],
+    ["partition.scheme=pathological", "partition.class_assignment=shuffled"],
 ]
 """Bad for every command that reads the data (run, compare, partition)."""
 BAD_RUN_INPUTS = [

@@ -1,6 +1,8 @@
 """Tests for semanticfl.data.partition: schemes, long tail, validation, count tables."""
 
 import csv
+import hashlib
+import logging
 import math
 import time
 import warnings
@@ -13,6 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from semanticfl.data.partition import (
+    CLASS_ASSIGNMENTS,
     SCHEMES,
     PartitionSpec,
     class_count_table,
@@ -151,6 +154,95 @@ def test_pathological_with_fewer_clients_than_classes_spreads_the_starts():
     assert table[:, 2].tolist() == [50, 50, 0, 0] and table[:, 0].tolist() == [100, 0, 0, 0]
 
 
+def test_default_class_assignment_is_the_deterministic_one_unchanged():
+    """The default is "deterministic", and it gives the partitions it gave before the option existed."""
+    assert PartitionSpec().class_assignment == "deterministic"
+    default = partition_indices(
+        UNEVEN_LABELS, spec_for("pathological", num_clients=10, classes_per_client=3), NUM_CLASSES
+    )
+    explicit = partition_indices(
+        UNEVEN_LABELS,
+        spec_for("pathological", num_clients=10, classes_per_client=3, class_assignment="deterministic"),
+        NUM_CLASSES,
+    )
+    assert all(np.array_equal(a, b) for a, b in zip(default, explicit, strict=True))
+    # Recorded from the code before class_assignment was added.
+    assert [len(part) for part in default] == [96, 101, 98, 100, 94, 98, 104, 110, 103, 99]
+    assert default[0][:3].tolist() == [8, 13, 23] and default[1][:3].tolist() == [10, 18, 43]
+    assert hashlib.sha256(np.concatenate(default).tobytes()).hexdigest()[:16] == "110ac98fa543904a"
+
+
+def flwr_pathological(labels, num_clients, k, mode, seed):
+    """flwr's PathologicalPartitioner run directly on the seeded shuffle every scheme starts from."""
+    order = np.random.default_rng(seed).permutation(len(labels))
+    partitioner = PathologicalPartitioner(
+        num_partitions=num_clients,
+        partition_by="label",
+        num_classes_per_partition=k,
+        class_assignment_mode=mode,
+        seed=seed,
+    )
+    partitioner.dataset = Dataset.from_dict({"label": labels[order], "idx": order})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # classes no partition drew
+        return [np.sort(np.asarray(partitioner.load_partition(p)["idx"])) for p in range(num_clients)]
+
+
+@pytest.mark.parametrize("mode", ["random", "first-deterministic"])
+@pytest.mark.parametrize("num_clients, k, seed", [(5, 2, 0), (10, 3, 4), (12, 4, 9)])
+def test_drawn_class_assignment_is_flwrs_pathological_partitioner(mode, num_clients, k, seed):
+    spec = spec_for(
+        "pathological", num_clients=num_clients, classes_per_client=k, class_assignment=mode, seed=seed
+    )
+    parts = partition_indices(UNEVEN_LABELS, spec, NUM_CLASSES)
+    expected = flwr_pathological(UNEVEN_LABELS, num_clients, k, mode, seed)
+    assert all(np.array_equal(a, b) for a, b in zip(parts, expected, strict=True))
+    table = class_count_table(UNEVEN_LABELS, parts, NUM_CLASSES)
+    assert ((table > 0).sum(axis=1) == k).all()  # exactly k classes on every client
+
+
+def test_random_class_assignment_is_seeded_and_not_the_deterministic_one():
+    def classes_per_client(seed):
+        options = {"num_clients": 10, "classes_per_client": 3, "class_assignment": "random"}
+        spec = spec_for("pathological", **options, seed=seed)
+        return [np.flatnonzero(row).tolist() for row in counts(UNEVEN_LABELS, spec)]
+
+    consecutive = [sorted((client + i) % NUM_CLASSES for i in range(3)) for client in range(10)]
+    assert classes_per_client(0) == classes_per_client(0)
+    assert classes_per_client(0) != classes_per_client(1)
+    assert consecutive not in (classes_per_client(0), classes_per_client(1))
+
+
+def test_unknown_class_assignment_names_the_valid_ones():
+    with pytest.raises(UserError) as raised:
+        partition_indices(UNEVEN_LABELS, spec_for("pathological", class_assignment="shuffled"), NUM_CLASSES)
+    assert str(raised.value) == (
+        "unknown partition class_assignment 'shuffled'; "
+        "choose one of deterministic, random, first-deterministic"
+    )
+
+
+def test_classes_no_client_drew_are_left_out_with_a_warning(caplog):
+    # Seed 0, 5 clients x 2 random classes: classes 1, 5 and 8 are drawn by no client.
+    spec = spec_for("pathological", classes_per_client=2, class_assignment="random", seed=0)
+    with caplog.at_level(logging.WARNING, logger="semanticfl.data.partition"):
+        parts = partition_indices(UNEVEN_LABELS, spec, NUM_CLASSES)
+    left_out = np.setdiff1d(np.arange(len(UNEVEN_LABELS)), np.concatenate(parts))
+    assert np.unique(UNEVEN_LABELS[left_out]).tolist() == [1, 5, 8] and len(left_out) == 325
+    assert np.array_equal(left_out, np.flatnonzero(np.isin(UNEVEN_LABELS, [1, 5, 8])))
+    assert "no client drew class(es) 1, 5, 8, so their 325 samples are left out" in caplog.text
+
+
+def test_a_class_drawn_by_more_clients_than_its_samples_is_a_user_error():
+    labels = np.concatenate([[0], np.repeat(np.arange(1, NUM_CLASSES), 50)])  # class 0: one sample
+    # first-deterministic gives class 0 to clients 0 and 10 at least.
+    options = {"num_clients": 20, "classes_per_client": 1, "class_assignment": "first-deterministic"}
+    spec = spec_for("pathological", **options)
+    with pytest.raises(UserError, match="drew a class for more clients than it has samples") as raised:
+        partition_indices(labels, spec, NUM_CLASSES)
+    assert "\n" not in str(raised.value)
+
+
 def test_quantity_sizes_are_skewed_above_minimum_with_iid_labels():
     table = counts(UNEVEN_LABELS, spec_for("quantity", quantity_alpha=0.5, min_partition_size=20))
     sizes = table.sum(axis=1)
@@ -247,6 +339,7 @@ BAD_VALUES = st.one_of(
     st.tuples(st.just("max_retries"), st.integers(max_value=0)),
     st.tuples(st.just("seed"), st.integers(max_value=-1)),
     st.tuples(st.just("scheme"), st.text().filter(lambda name: name not in SCHEMES)),
+    st.tuples(st.just("class_assignment"), st.text().filter(lambda name: name not in CLASS_ASSIGNMENTS)),
 )
 
 

@@ -1,8 +1,8 @@
 """Split a labelled training set across federated clients.
 
 The splitting itself is done by flwr-datasets partitioners (all schemes but
-"pathological", see ``_pathological_parts``); this module adds what they lack for
-reproducible experiments:
+"pathological" with its default deterministic class assignment, see
+``_pathological_parts``); this module adds what they lack for reproducible experiments:
 
 * an optional long-tail step (exponential class profile, applied before partitioning);
 * a seeded shuffle of the data before partitioning, so every scheme is seeded;
@@ -16,6 +16,7 @@ Every partition is returned as sorted ``int64`` indices into the original label 
 from __future__ import annotations
 
 import csv
+import logging
 import math
 import numbers
 import warnings
@@ -29,13 +30,19 @@ from flwr_datasets.partitioner import (
     DirichletPartitioner,
     IidPartitioner,
     Partitioner,
+    PathologicalPartitioner,
     ShardPartitioner,
     SizePartitioner,
 )
 
 from semanticfl.errors import UserError
 
+log = logging.getLogger(__name__)
+
 SCHEMES = ("iid", "dirichlet", "pathological", "shards", "quantity")
+
+# How "pathological" (#C=k) picks each client's classes (flwr's class_assignment_mode).
+CLASS_ASSIGNMENTS = ("deterministic", "random", "first-deterministic")
 
 # Retry k (0-based) of a randomised step uses seed + k * RETRY_SEED_STRIDE.
 RETRY_SEED_STRIDE = 1000
@@ -53,6 +60,9 @@ class PartitionSpec:
     scheme: "iid" | "dirichlet" | "pathological" | "shards" | "quantity".
     alpha: Dirichlet concentration of each class over clients ("dirichlet").
     classes_per_client: exact number of classes per client ("pathological", #C=k).
+    class_assignment: how "pathological" picks each client's k classes: "deterministic" (k consecutive
+        classes, see ``_pathological_parts``), "random" (k drawn without replacement, NIID-Bench's draw) or
+        "first-deterministic" (class p mod C, then k - 1 drawn); the draws use ``seed``.
     shards_per_client: label-sorted shards dealt to each client ("shards").
     quantity_alpha: Dirichlet concentration over client sizes, labels IID ("quantity").
     imbalance_factor: long-tail ratio n_max / n_min applied before partitioning (1 = off).
@@ -65,6 +75,7 @@ class PartitionSpec:
     num_clients: int = 10
     alpha: float = 0.5
     classes_per_client: int = 2
+    class_assignment: str = "deterministic"
     shards_per_client: int = 2
     quantity_alpha: float = 0.5
     imbalance_factor: float = 1.0
@@ -81,6 +92,11 @@ class PartitionSpec:
         """
         if self.scheme not in SCHEMES:
             raise UserError(f"unknown partition scheme {self.scheme!r}; choose one of {', '.join(SCHEMES)}")
+        if self.class_assignment not in CLASS_ASSIGNMENTS:
+            raise UserError(
+                f"unknown partition class_assignment {self.class_assignment!r}; "
+                f"choose one of {', '.join(CLASS_ASSIGNMENTS)}"
+            )
         _require_int("num_clients", self.num_clients, minimum=1)
         _require_int("classes_per_client", self.classes_per_client, minimum=1)
         _require_int("shards_per_client", self.shards_per_client, minimum=1)
@@ -375,9 +391,11 @@ def _dirichlet_parts(dataset: Dataset, spec: PartitionSpec) -> list[np.ndarray]:
 
 
 def _pathological_parts(dataset: Dataset, spec: PartitionSpec) -> list[np.ndarray]:
-    """#C=k: every client holds exactly k classes and every class is used.
+    """#C=k: every client holds exactly k classes.
 
-    Client p holds the k consecutive classes starting at ``p mod C`` when there are at least
+    ``class_assignment="random"`` and ``"first-deterministic"`` are drawn by flwr (see
+    ``_drawn_pathological_parts``). ``"deterministic"``, written out here, uses every class:
+    client p holds the k consecutive classes starting at ``p mod C`` when there are at least
     as many clients as classes — exactly flwr's ``PathologicalPartitioner`` in
     ``class_assignment_mode="deterministic"`` (the tests check the class sets) — and at
     ``floor(p C / n)`` otherwise, where flwr's rule would never reach the last classes.
@@ -386,6 +404,8 @@ def _pathological_parts(dataset: Dataset, spec: PartitionSpec) -> list[np.ndarra
     Written out with numpy because flwr's partitioner hands ``Dataset.select`` lists of
     numpy integers, which datasets fingerprints one by one (about 2 s for 50k samples).
     """
+    if spec.class_assignment != "deterministic":
+        return _drawn_pathological_parts(dataset, spec)
     k = spec.classes_per_client
     labels = np.asarray(dataset["label"])
     original_indices = np.asarray(dataset["idx"], dtype=np.int64)
@@ -400,13 +420,61 @@ def _pathological_parts(dataset: Dataset, spec: PartitionSpec) -> list[np.ndarra
     return [np.concatenate(chunks) for chunks in parts]
 
 
-def _class_holders(num_clients: int, num_classes: int, k: int) -> list[list[int]]:
-    """For each class (by position), the clients holding it, in client order."""
+def _drawn_pathological_parts(dataset: Dataset, spec: PartitionSpec) -> list[np.ndarray]:
+    """#C=k with each client's k classes drawn by flwr's ``PathologicalPartitioner``.
+
+    ``class_assignment`` is passed on as its ``class_assignment_mode`` and ``spec.seed`` as
+    its seed. Each class's samples are split evenly among the clients that drew it; a class
+    no client drew is held by nobody, which is logged as a warning naming it. Slower than the
+    deterministic split (about 2 s for 50k samples: the ``Dataset.select`` noted there).
+    """
+    labels = np.asarray(dataset["label"])
+    _check_classes_present(spec.classes_per_client, len(np.unique(labels)))
+    partitioner = PathologicalPartitioner(
+        num_partitions=spec.num_clients,
+        partition_by="label",
+        num_classes_per_partition=spec.classes_per_client,
+        class_assignment_mode=spec.class_assignment,
+        shuffle=False,  # the order within a client is discarded: parts are sorted
+        seed=spec.seed,
+    )
+    try:
+        with warnings.catch_warnings():
+            # flwr's warning about undrawn classes names an option it no longer has; see below.
+            warnings.simplefilter("ignore", UserWarning)
+            parts = _original_indices_per_partition(partitioner, dataset)
+    except ValueError as error:
+        raise UserError(
+            f"class_assignment {spec.class_assignment!r} drew a class for more clients than it has "
+            f"samples ({' '.join(str(error).split())}); lower num_clients or classes_per_client, or use "
+            f"class_assignment \"deterministic\""
+        ) from None
+    held = np.isin(np.asarray(dataset["idx"]), np.concatenate(parts))
+    undrawn = np.unique(labels[~held])
+    if undrawn.size:
+        log.warning(
+            "#C=%d with class_assignment %r: no client drew class(es) %s, so their %d samples are "
+            "left out; \"first-deterministic\" with num_clients >= classes uses every class",
+            spec.classes_per_client,
+            spec.class_assignment,
+            ", ".join(map(str, undrawn.tolist())),
+            int(np.count_nonzero(~held)),
+        )
+    return parts
+
+
+def _check_classes_present(k: int, num_classes: int) -> None:
+    """UserError if k exceeds the classes present in the data (after the long tail)."""
     if k > num_classes:
         raise UserError(
             f"classes_per_client {k} exceeds the {num_classes} classes present in "
             f"the data; lower classes_per_client"
         )
+
+
+def _class_holders(num_clients: int, num_classes: int, k: int) -> list[list[int]]:
+    """For each class (by position), the clients holding it, in client order."""
+    _check_classes_present(k, num_classes)
     holders: list[list[int]] = [[] for _ in range(num_classes)]
     for client in range(num_clients):
         first = client % num_classes if num_clients >= num_classes else client * num_classes // num_clients
