@@ -1,5 +1,6 @@
 """FedDifRC: TDCL and NDCR on hand-made tensors, the pairing of anchors, requests and local training."""
 
+import dataclasses
 import math
 
 import numpy as np
@@ -11,6 +12,7 @@ from semanticfl.algorithms.base import AlgorithmSetup, Batch, ClientTask, LocalD
 from semanticfl.algorithms.feddifrc import NDCR, TDCL, ndcr_loss, tdcl_loss
 from semanticfl.errors import UserError
 from semanticfl.models import build_model
+from semanticfl.teachers.base import TeacherShape
 
 SETUP = AlgorithmSetup(num_classes=3, class_names=("cat", "dog", "sea_lion"), num_clients=2, seed=0)
 
@@ -68,17 +70,22 @@ def test_ndcr_is_the_squared_l2_distance_and_pulls_towards_the_target():
     np.testing.assert_allclose(z.grad.numpy(), (z.detach() - target).numpy())  # 2(z−H)/N, N = 2
 
 
+SD21 = TeacherShape(latent_channels=4, up_channels=(1280, 1280, 640, 320), text_dim=1024)
+"""Stable Diffusion 2.1's widths: 4-channel latent, up-blocks 0..3, OpenCLIP-H text."""
+SD_SETUP = dataclasses.replace(SETUP, teacher_shape=lambda: SD21)
+
+
 def test_requests_follow_the_paper_and_the_options():
-    algo = build_algorithm("feddifrc", {}, SETUP)
+    algo = build_algorithm("feddifrc", {}, SD_SETUP)
     tdcl, ndcr = algo.feature_requests()
     assert tdcl.name == TDCL and tdcl.prompts == ("a photo of a cat", "a photo of a dog", "a photo of a sea lion")
     assert ndcr.name == NDCR and ndcr.prompts == ("",)
     assert tdcl.timestep == ndcr.timestep == 300 and tdcl.dim == 512
     assert tdcl.per_sample_shape() == (3, 512) and ndcr.per_sample_shape() == (512,)
-    only_ndcr = build_algorithm("feddifrc", {"lambda_tdcl": 0.0, "timestep": 150}, SETUP)
+    only_ndcr = build_algorithm("feddifrc", {"lambda_tdcl": 0.0, "timestep": 150}, SD_SETUP)
     assert [r.name for r in only_ndcr.feature_requests()] == [NDCR]
     assert only_ndcr.feature_requests()[0].timestep == 150
-    selfsup = build_algorithm("feddifrc", {"self_supervised": True}, SETUP)
+    selfsup = build_algorithm("feddifrc", {"self_supervised": True}, SD_SETUP)
     tdcl, ndcr = selfsup.feature_requests()
     assert tdcl.prompts[0] == "a photo of a similar object" and len(tdcl.prompts) == 4
     assert ndcr.prompts == ("a photo of a visual object",)
@@ -92,6 +99,22 @@ def test_requests_follow_the_paper_and_the_options():
 def test_bad_hyperparameters_are_user_errors(params):
     with pytest.raises(UserError, match="algorithm.feddifrc"):
         build_algorithm("feddifrc", params, SETUP)
+
+
+def test_auto_layer_dims_are_the_public_codes_capped_by_the_teachers_channels():
+    """256/128/128 on SD's 1280/640/320-channel blocks 1, 2, 3; the offline teacher's 128/128/64 cap them."""
+    assert build_algorithm("feddifrc", {}, SD_SETUP).params.layer_dims == (256, 128, 128)
+    offline = TeacherShape(latent_channels=32, up_channels=(128, 128, 64), text_dim=384)
+    algo = build_algorithm("feddifrc", {}, dataclasses.replace(SETUP, teacher_shape=lambda: offline))
+    assert algo.params.layer_dims == (128, 128, 64) and algo.teacher_dim == 320
+    two = build_algorithm("feddifrc", {"layers": ["up-2", "up-1"]}, SD_SETUP)
+    assert two.params.layer_dims == (256, 128)  # the caps go by position
+    explicit = build_algorithm("feddifrc", {"layer_dims": [8, 4, 4]}, SETUP)  # no teacher needed
+    assert explicit.params.layer_dims == (8, 4, 4)
+    with pytest.raises(UserError, match="algorithm.feddifrc: layer_dims = 'auto'.*explicit values"):
+        build_algorithm("feddifrc", {}, SETUP)
+    with pytest.raises(UserError, match="layer 'up-5' of algorithm.feddifrc.layers does not exist"):
+        build_algorithm("feddifrc", {"layers": ["up-5"]}, SD_SETUP)
 
 
 def test_projection_is_identity_when_dimensions_agree_and_linear_otherwise():

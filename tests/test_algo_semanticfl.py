@@ -1,5 +1,6 @@
 """SemanticFL: every loss term on known tensors, the modes' requests, payload and local objective."""
 
+import dataclasses
 import math
 
 import numpy as np
@@ -13,6 +14,7 @@ from semanticfl.algorithms.contrastive import candidate_info_nce
 from semanticfl.algorithms.semanticfl import ANCHORS, TARGET, TEXT, consistency_loss
 from semanticfl.errors import UserError
 from semanticfl.models import build_model
+from semanticfl.teachers.base import TeacherShape
 
 SETUP = AlgorithmSetup(num_classes=3, class_names=("cat", "dog", "ship"), num_clients=2, seed=0)
 SMALL = {"layer_dims": [4, 4, 4, 4], "text_dim": 8}
@@ -57,9 +59,34 @@ def test_modes_ask_for_what_they_use():
 
 
 @pytest.mark.parametrize(
+    "shape, dims, text_dim",
+    [
+        (TeacherShape(4, (1280, 1280, 640, 320), 1024), (4, 128, 128, 128), 1024),  # SD 2.1
+        (TeacherShape(4, (1280, 1280, 640, 320), 768), (4, 128, 128, 128), 768),  # SD 1.5
+        (TeacherShape(32, (128, 128, 64), 384), (32, 128, 128, 64), 384),  # the offline teacher
+    ],
+)
+def test_auto_dims_follow_the_teacher(shape, dims, text_dim):
+    """128 per layer capped by the layer's channels; the text projection as wide as the text encoder."""
+    setup = dataclasses.replace(SETUP, teacher_shape=lambda: shape)
+    algo = build_algorithm("semanticfl", {}, setup)
+    assert (algo.params.layer_dims, algo.params.text_dim, algo.teacher_dim) == (dims, text_dim, sum(dims))
+    model = algo.extend_model(build_model("cnn", 3, 1, 28))
+    assert model.text_projection.out_features == text_dim and model.teacher_projection.out_features == sum(dims)
+    half = build_algorithm("semanticfl", {"text_dim": 8}, setup)  # explicit values stay
+    assert (half.params.layer_dims, half.params.text_dim) == (dims, 8)
+
+
+def test_auto_dims_without_a_teacher_are_a_user_error():
+    assert build_algorithm("semanticfl", SMALL, SETUP).teacher_dim == 16  # explicit: no teacher read
+    with pytest.raises(UserError, match="algorithm.semanticfl: layer_dims and text_dim = 'auto'"):
+        build_algorithm("semanticfl", {}, SETUP)
+
+
+@pytest.mark.parametrize(
     "params",
     [{"mode": "server"}, {"consistency": "cos"}, {"kd_temperature": 0.0}, {"timestep": -1},
-     {"layers": ["latent"], "layer_dims": [1, 2]}, {"warmup_rounds": -1}],
+     {"layers": ["latent"], "layer_dims": [1, 2]}, {"warmup_rounds": -1}, {"text_dim": 0}, {"layers": []}],
 )
 def test_bad_hyperparameters_are_user_errors(params):
     with pytest.raises(UserError, match="algorithm.semanticfl"):

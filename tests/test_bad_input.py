@@ -27,7 +27,8 @@ import tomllib
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, get_args, get_origin, get_type_hints
+from types import UnionType
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 import numpy as np
 import pyarrow as pa
@@ -221,6 +222,11 @@ def wrong_type_values(annotation: Any) -> st.SearchStrategy:
         float: st.one_of(st.booleans(), texts, lists, tables),
         str: st.one_of(st.booleans(), ints, floats, lists, tables),
     }
+    if get_origin(annotation) in (Union, UnionType):  # e.g. tuple[int, ...] | Literal["auto"]
+        members = get_args(annotation)
+        choices = [choice for m in members if get_origin(m) is Literal for choice in get_args(m)]
+        typed = [m for m in members if get_origin(m) is not Literal]
+        return st.one_of(*(wrong_type_values(m) for m in typed)).filter(lambda v: v not in choices)
     if get_origin(annotation) is tuple:
         item = get_args(annotation)[0]
         return st.one_of(ints, texts, st.booleans(), st.lists(others[item], min_size=1, max_size=3))
@@ -259,7 +265,15 @@ def algorithm_of(config: dict[str, Any]) -> None:
     check_inputs(Experiment(config_from_dict({**small, **config})))
 
 
-ALGORITHM_NUMBERS = [(name, key, t) for name, key, t in algorithm_fields() if t in (int, float)]
+def numeric_type(annotation: Any) -> Any:
+    """``int``/``float``, also as the number of a union such as ``int | Literal["auto"]``; else None."""
+    members = get_args(annotation) if get_origin(annotation) in (Union, UnionType) else (annotation,)
+    return next((m for m in members if m in (int, float)), None)
+
+
+ALGORITHM_NUMBERS = [
+    (name, key, numeric_type(t)) for name, key, t in algorithm_fields() if numeric_type(t) is not None
+]
 
 
 @EXAMPLES

@@ -17,7 +17,12 @@ from semanticfl.data.splits import stratified_holdout
 from semanticfl.errors import UserError
 from semanticfl.teachers import offline, taef2
 from semanticfl.teachers.base import NULL_PROMPT, ExtractionSettings
-from semanticfl.teachers.offline import load_offline_teacher, shipped_teacher_dir, teacher_info
+from semanticfl.teachers.offline import (
+    load_offline_teacher,
+    offline_teacher_shape,
+    shipped_teacher_dir,
+    teacher_info,
+)
 from semanticfl.teachers.offline_training import encode_latents, train_offline_teacher
 from semanticfl.teachers.quality import evaluate_teacher
 
@@ -116,6 +121,16 @@ def test_features_shapes_and_determinism(teacher, dataset) -> None:
     again = teacher.features(images, ids, [NULL_PROMPT])
     assert all(torch.equal(first[key], again[key]) for key in first)
     assert len(teacher.fingerprint) == 64
+
+
+def test_the_widths_read_from_the_configs_are_those_extracted(teacher, trained: Path, dataset) -> None:
+    """What layer_dims/text_dim = "auto" read without loading weights (the U-Net config, TAEF2, MiniLM)."""
+    shape = offline_teacher_shape(trained)
+    images = images_to_tensor(dataset.test_images, np.arange(2))
+    extracted = teacher.features(images, torch.arange(2), [NULL_PROMPT])
+    layers = ("latent", "up0", "up1", "up2")
+    assert shape.channels(layers, "test") == tuple(extracted[name].shape[1] for name in layers)
+    assert shape.text_dim == teacher.text_embeddings(["a photo of a coat"]).shape[1] == 384
 
 
 def test_evaluate_teacher_reports_probes_and_plot(teacher, dataset, tmp_path: Path) -> None:

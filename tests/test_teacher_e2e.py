@@ -2,12 +2,16 @@
 (the real diffusers classes and extraction path, no download) and Fashion-MNIST."""
 
 import json
+import shlex
+import shutil
+from pathlib import Path
 
 import pytest
 from helpers import read_rounds, run_dirs, semanticfl
 
 from semanticfl.config import load_config
 from semanticfl.engine.audit import read_audit
+from semanticfl.engine.checkpoint import load_latest_checkpoint
 from semanticfl.engine.experiment import Experiment
 from semanticfl.teachers.sd import build_tiny_stable_diffusion
 
@@ -49,7 +53,7 @@ def test_features_are_extracted_once_and_keyed_by_the_timestep_and_teacher_seed(
     assert [line.split(":")[0] for line in lines] == ["feddifrc.tdcl", "feddifrc.ndcr"]
     assert "× (10, 32)" in lines[0] and "× (32,)" in lines[1]
     again = semanticfl(*args, cwd=tmp_path, env=env)
-    paths = lambda out: [line.rsplit("→ ", 1)[1] for line in out.strip().splitlines()]  # noqa: E731
+    paths = lambda out: [line.rsplit("→ ", 1)[1] for line in out.strip().splitlines()]
     assert paths(again.stdout) == paths(first.stdout)
     ndcr_only = semanticfl(*args, "algorithm.feddifrc.lambda_tdcl=0", cwd=tmp_path, env=env)
     assert paths(ndcr_only.stdout) == paths(first.stdout)[1:]  # the same request: a cache hit
@@ -59,6 +63,19 @@ def test_features_are_extracted_once_and_keyed_by_the_timestep_and_teacher_seed(
     other_noise = semanticfl(*args, "algorithm.feddifrc.lambda_tdcl=0", "teacher.seed=3", cwd=tmp_path, env=env)
     assert other_noise.returncode == 0, other_noise.stderr
     assert paths(other_noise.stdout) != paths(ndcr_only.stdout)  # other noise draws, other features
+
+
+def test_an_incomplete_checkpoint_stops_the_cli_in_one_line_naming_the_file(tmp_path, tiny_sd, env):
+    partial = Path(shutil.copytree(tiny_sd, tmp_path / "partial"))
+    (partial / "vae" / "diffusion_pytorch_model.safetensors").unlink()
+    done = semanticfl("features", "quickstart", *TINY, f"teacher.path={partial}", "algorithm.name=semanticfl",
+                      cwd=tmp_path, env=env)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith(
+        f"semanticfl: error: the Stable Diffusion checkpoint at {partial} is incomplete: missing "
+        "vae/diffusion_pytorch_model.safetensors (the VAE's weights); download"
+    ), line
 
 
 def test_the_teachers_noise_follows_teacher_seed_not_experiment_seed(tiny_sd):
@@ -167,3 +184,37 @@ def test_semanticfl_guidance_mode_sends_the_generated_set_once_and_clients_send_
     # 20 images of 1×28×28 uint8, 20 int64 labels, 20 × (4 + 16 + 16) float16 features, sent once
     assert summary["guidance_bytes_down_per_client"] == 20 * 28 * 28 + 20 * 8 + 20 * 36 * 2
     assert summary["final_accuracy"] is not None
+
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+SHARED_CIFAR10 = README.parent.parent / "shared" / "data" / "cifar10"
+SMALLER = ["train.rounds=1", "train.local_epochs=1", "partition.num_clients=2", "data.train_fraction=0.005",
+           "teacher.resolution=32"]
+"""What sizes the README's Stable Diffusion recipe down to a test: one round, two clients, 200 images, the
+tiny SD's 32 px."""
+
+
+def readme_sd_recipe() -> list[str]:
+    """The README's Stable Diffusion command, as the arguments after ``semanticfl``."""
+    (line,) = [line for line in README.read_text().splitlines() if line.startswith("semanticfl run cifar10_sd ")]
+    return shlex.split(line.split("#")[0])[1:]
+
+
+def test_the_readmes_stable_diffusion_recipe_runs_as_written(tmp_path, tiny_sd, env):
+    if not (SHARED_CIFAR10 / "train.parquet").is_file():
+        pytest.skip(f"no shared CIFAR-10 parquet at {SHARED_CIFAR10}")
+    recipe = readme_sd_recipe()
+    assert recipe[:2] == ["run", "cifar10_sd"] and [arg.split("=")[0] for arg in recipe[2:]] == ["teacher.path"]
+    out = tmp_path / "runs"
+    done = semanticfl(*recipe[:2], f"teacher.path={tiny_sd}", *SMALLER, f"experiment.output_dir={out}",
+                      cwd=tmp_path, env=env)
+    assert done.returncode == 0, done.stderr
+    (run,) = run_dirs(out)
+    assert [r["round"] for r in read_rounds(run)] == [1]
+    ran = load_config(str(run / "config.toml"))
+    assert (ran.algorithm.name, ran.teacher.kind, ran.data.server_holdout) == ("semanticfl", "stable_diffusion", 10000)
+    arrays = load_latest_checkpoint(run / "checkpoints").global_arrays
+    # auto dims: the tiny SD's latent (4) and up-blocks 1..3 (64, 32, 32 channels, under the cap of 128),
+    # and its 32-d text encoder; ResNet-10's 512-d features project into both
+    assert arrays["teacher_projection.weight"].shape == (4 + 64 + 32 + 32, 512)
+    assert arrays["text_projection.weight"].shape == (32, 512)

@@ -4,6 +4,7 @@ FedDifRC's one-pass up-block extraction, file errors and the weight fingerprint;
 from __future__ import annotations
 
 import dataclasses
+import logging
 import shutil
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from semanticfl.teachers import taef2
 from semanticfl.teachers.base import NULL_PROMPT, ExtractionSettings, class_prompts
 from semanticfl.teachers.codecs import TAEF2Codec
 from semanticfl.teachers.diffusion import DiffusionTeacher
-from semanticfl.teachers.sd import build_tiny_stable_diffusion, load_stable_diffusion
+from semanticfl.teachers.sd import build_tiny_stable_diffusion, load_stable_diffusion, stable_diffusion_shape
 from semanticfl.teachers.taef2 import TAEF2
 
 SETTINGS = ExtractionSettings(resolution=32, timestep=300, up_blocks=(1, 2, 3), batch_size=4, seed=0)
@@ -202,6 +203,37 @@ def test_hooks_are_removed_even_when_the_unet_fails(teacher: DiffusionTeacher, i
     assert all(len(block._forward_hooks) == 0 for block in teacher.unet.up_blocks)
 
 
+def test_loading_reads_weights_in_place_without_a_warning(checkpoint: Path, caplog) -> None:
+    """diffusers loads with ``low_cpu_mem_usage`` (accelerate is installed) and says nothing about it."""
+    from diffusers.utils import is_accelerate_available
+
+    assert is_accelerate_available()
+    diffusers_logger = logging.getLogger("diffusers")
+    diffusers_logger.addHandler(caplog.handler)
+    try:
+        with caplog.at_level(logging.WARNING):
+            teacher = load_stable_diffusion(str(checkpoint), SETTINGS)
+    finally:
+        diffusers_logger.removeHandler(caplog.handler)
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+    parts = (teacher.unet, teacher.codec, teacher.text.model)
+    assert all(p.dtype == torch.float32 for part in parts for p in part.parameters())  # the CPU: float32
+    assert not teacher.autocast()._enabled
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_on_cuda_the_teacher_is_float16_under_autocast(checkpoint: Path, images: torch.Tensor) -> None:
+    teacher = load_stable_diffusion(str(checkpoint), SETTINGS, device="cuda")
+    parts = (teacher.unet, teacher.codec, teacher.text.model)
+    assert all(p.dtype == torch.float16 for part in parts for p in part.parameters())
+    assert teacher.autocast()._enabled
+    out = teacher.features(images, IDS, [NULL_PROMPT])
+    cpu = load_stable_diffusion(str(checkpoint), SETTINGS).features(images, IDS, [NULL_PROMPT])
+    for key, value in out.items():
+        assert value.dtype == torch.float32 and value.device.type == "cpu" and torch.isfinite(value).all()
+        torch.testing.assert_close(value, cpu[key], rtol=0.05, atol=0.05, msg=key)
+
+
 def test_bad_settings_are_user_errors(teacher: DiffusionTeacher) -> None:
     with pytest.raises(UserError, match=r"0\.\.3"):
         variant(teacher, up_blocks=(1, 4))
@@ -217,10 +249,43 @@ def test_missing_checkpoint_is_a_user_error(checkpoint: Path, tmp_path: Path) ->
         load_stable_diffusion(str(missing), SETTINGS)
     with pytest.raises(UserError, match="semanticfl-test/not-cached"):
         load_stable_diffusion("semanticfl-test/not-cached", SETTINGS)
+
+
+@pytest.mark.parametrize(
+    "remove, named",
+    [
+        ("unet", "missing unet/ (the U-Net: unet/config.json, unet/diffusion_pytorch_model.safetensors)"),
+        (str(VAE_WEIGHTS), "missing vae/diffusion_pytorch_model.safetensors (the VAE's weights)"),
+        ("vae/config.json", "missing vae/config.json (the VAE's config)"),
+        ("text_encoder/model.safetensors", "missing text_encoder/model.safetensors (the text encoder's weights)"),
+        ("tokenizer/merges.txt", "missing tokenizer/merges.txt (the tokenizer's merges)"),
+        ("scheduler", "missing scheduler/ (the scheduler: scheduler/scheduler_config.json)"),
+    ],
+)
+def test_an_incomplete_checkpoint_names_the_missing_component_and_file(
+    checkpoint: Path, tmp_path: Path, remove: str, named: str
+) -> None:
     partial = copy_checkpoint(checkpoint, tmp_path)
-    shutil.rmtree(partial / "unet")
-    with pytest.raises(UserError, match="missing unet/"):
-        load_stable_diffusion(str(partial), SETTINGS)
+    path = partial / remove
+    shutil.rmtree(path) if path.is_dir() else path.unlink()
+    for read in (lambda: load_stable_diffusion(str(partial), SETTINGS), lambda: stable_diffusion_shape(str(partial))):
+        with pytest.raises(UserError) as error:
+            read()
+        message = str(error.value)
+        assert f"checkpoint at {partial} is incomplete: {named}; download" in message
+        assert "\n" not in message
+
+
+def test_the_widths_read_from_the_configs_are_those_the_loaded_teacher_extracts(
+    checkpoint: Path, teacher: DiffusionTeacher
+) -> None:
+    """What layer_dims/text_dim = "auto" read without loading weights equals the measured features."""
+    shape = stable_diffusion_shape(str(checkpoint))
+    every_block = variant(teacher, up_blocks=(0, 1, 2, 3)).feature_shapes()
+    layers = ("latent", "up0", "up1", "up2", "up3")
+    assert shape.channels(layers, "test") == tuple(every_block[name][0] for name in layers) == (4, 64, 64, 32, 32)
+    assert shape.channels(("up-3", "up-1"), "test") == (64, 32)
+    assert shape.text_dim == teacher.text_embeddings(PROMPTS).shape[1] == 32
 
 
 def test_corrupt_weights_are_a_user_error(checkpoint: Path, tmp_path: Path) -> None:

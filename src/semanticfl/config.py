@@ -14,10 +14,11 @@ import dataclasses
 import math
 import re
 import tomllib
+import types
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, get_args, get_origin, get_type_hints
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 import tomli_w
 
@@ -225,8 +226,37 @@ MAX_NAME_BYTES = 200
 # --------------------------------------------------------------------------- building
 
 
+def _describe_type(expected: Any) -> str:
+    """How a one-line error names an annotated type: ``tuple[int, ...] | Literal["auto"]`` → "a list of
+    integers or 'auto'"."""
+    if get_origin(expected) in (Union, types.UnionType):
+        return " or ".join(_describe_type(member) for member in get_args(expected))
+    if get_origin(expected) is Literal:
+        return " or ".join(repr(choice) for choice in get_args(expected))
+    if get_origin(expected) is tuple:
+        items = {bool: "booleans", int: "integers", float: "numbers", str: "strings"}
+        return f"a list of {items.get(get_args(expected)[0], 'values')}"
+    names = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+    return names.get(expected, str(expected))
+
+
 def _check_value(value: Any, expected: Any, where: str) -> Any:
-    """Return ``value`` if it fits the annotated type (ints widen to float), else fail."""
+    """Return ``value`` if it fits the annotated type (ints widen to float), else fail. A union takes
+    a value its first fitting member takes; a ``Literal`` of strings takes exactly those strings."""
+    if get_origin(expected) in (Union, types.UnionType):
+        errors = {}
+        for member in get_args(expected):
+            try:
+                return _check_value(value, member, where)
+            except UserError as error:
+                errors[get_origin(member)] = error
+        if isinstance(value, (list, tuple)) and tuple in errors:
+            raise errors[tuple]  # a list with a wrong item: name the item
+        raise UserError(f"{where} must be {_describe_type(expected)}, got {value!r}")
+    if get_origin(expected) is Literal:
+        if not (isinstance(value, str) and value in get_args(expected)):
+            raise UserError(f"{where} must be {_describe_type(expected)}, got {value!r}")
+        return value
     if expected is bool:
         if not isinstance(value, bool):
             raise UserError(f"{where} must be true or false, got {value!r}")

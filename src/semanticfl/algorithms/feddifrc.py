@@ -53,6 +53,7 @@ why it is off by default (the PCA is the one fitted without a condition).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -63,6 +64,7 @@ from semanticfl.algorithms.contrastive import candidate_info_nce
 from semanticfl.algorithms.teacher_guided import (
     TeacherGuided,
     require_all,
+    resolve_auto_dims,
     teacher_param_checks,
     up_block_layers,
 )
@@ -70,6 +72,8 @@ from semanticfl.teachers.base import DEFAULT_TEMPLATE, NULL_PROMPT, FeatureReque
 
 TDCL = "feddifrc.tdcl"
 NDCR = "feddifrc.ndcr"
+DIM_CAPS = (256, 128, 128)
+"""``layer_dims = "auto"``: at most these dims per layer (the public code's PCA dims)."""
 SIMILAR_PROMPT = "a photo of a similar object"
 VISUAL_PROMPT = "a photo of a visual object"
 
@@ -84,8 +88,9 @@ class FedDifRCParams:
     """Noise level of the U-Net pass; the paper reports t = 300 best (t = 999: inseparable)."""
     layers: tuple[str, ...] = up_block_layers(3)
     """Fused layers: the last three up-blocks (SD: blocks 1, 2, 3, as in the paper)."""
-    layer_dims: tuple[int, ...] = (256, 128, 128)
-    """PCA dims per layer (the public code's 256/128/128 → 512)."""
+    layer_dims: tuple[int, ...] | Literal["auto"] = "auto"
+    """PCA dims per layer; ``auto``: the public code's 256/128/128 (→ 512 for SD), each capped by the
+    teacher's channels in that layer (the offline teacher: 128/128/64)."""
     reduction: str = "spatial_norm"
     num_negatives: int = 0
     """Negatives per anchor in TDCL; 0 = every other class."""
@@ -139,7 +144,7 @@ class FedDifRC(TeacherGuided):
 
     def __init__(self, params: FedDifRCParams, setup: AlgorithmSetup) -> None:
         _validate(params, setup)
-        super().__init__(params, setup)
+        super().__init__(resolve_auto_dims(params, setup, DIM_CAPS, self.name), setup)
 
     def feature_requests(self) -> tuple[FeatureRequest, ...]:
         p = self.params

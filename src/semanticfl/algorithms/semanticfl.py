@@ -2,7 +2,8 @@
 
 A frozen latent diffusion model gives multi-layer representations -- the VAE latents AND several
 U-Net decoder up-blocks at timestep ``t`` (default 150) -- each reduced (pooling + PCA) and fused
-into one shared semantic space (default 4 × 128 = 512 dims). Client features are projected into
+into one shared semantic space (default 128 dims a layer, fewer where the layer has fewer channels:
+4 × 128 = 512 at most, 4 + 3 × 128 = 388 with SD's 4-channel latent). Client features are projected into
 it (``teacher_projection``) and into the text encoder's space (``text_projection``), and each
 client minimises the *unified consistency objective*::
 
@@ -43,7 +44,8 @@ images the server encodes, so the choice is explicit:
 
 Choices made where the paper is silent, all configurable: KL over unit-normalised features with
 ``τ_kd = 0.05`` (a softmax over a raw unit vector is near-uniform and gives a vanishing KL); GAP +
-PCA per layer (``reduction``); equal 128-d shares for latents and three up-blocks. Ablations:
+PCA per layer (``reduction``); equal 128-d shares for latents and three up-blocks, each capped by
+the layer's channels (``layer_dims = "auto"``). Ablations:
 ``layers = ["latent"]`` (no U-Net), ``layers`` without ``latent`` (no latents), ``lambda_kd = 0``
 (no consistency), ``lambda_con = 0`` (no contrast).
 """
@@ -51,7 +53,7 @@ PCA per layer (``reduction``); equal 128-d shares for latents and three up-block
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -62,8 +64,10 @@ from semanticfl.algorithms.base import AlgorithmSetup, Arrays, Batch, ClientTask
 from semanticfl.algorithms.contrastive import candidate_info_nce
 from semanticfl.algorithms.guidance import FEATURES, GuidanceStream, guidance_batch_size, joint_forward
 from semanticfl.algorithms.teacher_guided import (
+    AUTO,
     TeacherGuided,
     require_all,
+    resolve_auto_dims,
     teacher_param_checks,
     up_block_layers,
 )
@@ -84,6 +88,8 @@ ANCHORS = "semanticfl.anchors"
 TEXT = "semanticfl.text"
 GUIDANCE = "semanticfl.guidance"
 TEXT_PROJECTION = "text_projection"
+DIM_CAPS = (128,)
+"""``layer_dims = "auto"``: at most 128 dims per layer (the 512-d space as four equal shares)."""
 
 
 @dataclass
@@ -91,7 +97,9 @@ class SemanticFLParams:
     mode: str = "anchors"
     timestep: int = 150
     layers: tuple[str, ...] = ("latent", *up_block_layers(3))
-    layer_dims: tuple[int, ...] = (128, 128, 128, 128)
+    layer_dims: tuple[int, ...] | Literal["auto"] = "auto"
+    """PCA dims per layer; ``auto``: 128 each (4 × 128 = 512), capped by the teacher's channels in that
+    layer (SD's 4-channel latent keeps 4: 388 dims; the offline teacher: 32/128/128/64 = 352)."""
     reduction: str = "gap"
     lambda_kd: float = 1.0
     consistency: str = "kl"
@@ -117,8 +125,9 @@ class SemanticFLParams:
     """Guidance mode: also hold each own sample to its class's mean guidance feature."""
     template: str = DEFAULT_TEMPLATE
     projection: str = "auto"
-    text_dim: int = 384
-    """Dimension of the teacher's text embeddings (MiniLM 384; CLIP ViT-L 768, OpenCLIP-H 1024)."""
+    text_dim: int | Literal["auto"] = "auto"
+    """Dimension of the teacher's text embeddings; ``auto``: the teacher's text encoder's (MiniLM 384;
+    SD 1.x's CLIP ViT-L 768, SD 2.x's OpenCLIP-H 1024)."""
 
 
 def consistency_loss(z: Tensor, target: Tensor, kind: str, temperature: float) -> Tensor:
@@ -137,7 +146,7 @@ class SemanticFL(TeacherGuided):
 
     def __init__(self, params: SemanticFLParams, setup: AlgorithmSetup) -> None:
         _validate(params)
-        super().__init__(params, setup)
+        super().__init__(resolve_auto_dims(params, setup, DIM_CAPS, self.name), setup)
         self.uploads = ("model", "noised latents (once)") if params.mode == "offload" else ("model",)
         self.anchors: Arrays = {}
 
@@ -295,7 +304,7 @@ def _validate(p: SemanticFLParams) -> None:
         (p.kd_temperature > 0 and p.temperature > 0, "kd_temperature and temperature must be > 0"),
         (p.warmup_rounds >= 0, f"warmup_rounds must be >= 0, got {p.warmup_rounds}"),
         (p.anchor_public_per_class >= 0, "anchor_public_per_class must be >= 0"),
-        (p.text_dim >= 1, f"text_dim must be >= 1, got {p.text_dim}"),
+        (p.text_dim == AUTO or p.text_dim >= 1, f"text_dim must be >= 1, got {p.text_dim}"),
         (
             p.guidance_source in GUIDANCE_SOURCES,
             f"guidance_source must be one of {', '.join(GUIDANCE_SOURCES)}, got {p.guidance_source!r}",

@@ -8,6 +8,7 @@ client model, so it is trained locally and averaged like the rest of the model.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from typing import Any
 
@@ -34,8 +35,41 @@ def is_layer_name(name: str) -> bool:
     return name == "latent" or bool(re.fullmatch(r"up-?\d+", name))
 
 
+AUTO = "auto"
+"""``layer_dims`` / ``text_dim`` read from the teacher."""
+
+
+def resolve_auto_dims(params: Any, setup: AlgorithmSetup, caps: tuple[int, ...], algorithm: str) -> Any:
+    """``params`` with every ``"auto"`` width read from the teacher (``setup.teacher_shape``):
+
+    * ``layer_dims``: layer ``i`` keeps ``min(caps[i], its channels)`` dims (the last cap for layers
+      past the caps), so a 4-channel SD latent keeps 4 and a 1280-channel up-block its cap;
+    * ``text_dim``: the width of the teacher's text encoder.
+
+    Explicit values are kept as they are (and checked against the teacher when it runs)."""
+    autos = {name: AUTO for name in ("layer_dims", "text_dim") if getattr(params, name, None) == AUTO}
+    if not autos:
+        return params
+    if setup.teacher_shape is None:
+        raise UserError(
+            f"algorithm.{algorithm}: {' and '.join(autos)} = 'auto' read the teacher's widths, and no "
+            f"teacher is configured here; give explicit values"
+        )
+    shape = setup.teacher_shape()
+    if "layer_dims" in autos:
+        channels = shape.channels(params.layers, f"algorithm.{algorithm}.layers")
+        autos["layer_dims"] = tuple(
+            min(caps[min(i, len(caps) - 1)], width) for i, width in enumerate(channels)
+        )
+    if "text_dim" in autos:
+        autos["text_dim"] = shape.text_dim
+    return dataclasses.replace(params, **autos)
+
+
 class TeacherGuided(Algorithm):
-    """FedAvg skeleton plus a projection head into a teacher space of ``teacher_dim`` dims."""
+    """FedAvg skeleton plus a projection head into a teacher space of ``teacher_dim`` dims.
+
+    ``params.layer_dims`` (and ``text_dim``) must be resolved (:func:`resolve_auto_dims`) by now."""
 
     def __init__(self, params: Any, setup: AlgorithmSetup) -> None:
         super().__init__(params, setup)
@@ -74,14 +108,17 @@ Check = tuple[bool, str]
 
 
 def teacher_param_checks(p: Any) -> list[Check]:
-    """Checks of the settings every teacher-guided algorithm has (timestep, layers, dims, ...)."""
+    """Checks of the settings every teacher-guided algorithm has (timestep, layers, dims, ...), before
+    ``"auto"`` dims are resolved."""
+    dims = () if p.layer_dims == AUTO else p.layer_dims
     return [
         (0 <= p.timestep < 1000, f"timestep must be in [0, 1000), got {p.timestep}"),
+        (len(p.layers) > 0, "layers must not be empty"),
         (
-            len(p.layers) == len(p.layer_dims) > 0,
-            "layers and layer_dims must be non-empty and of equal length",
+            p.layer_dims == AUTO or len(p.layers) == len(p.layer_dims),
+            "layers and layer_dims must be of equal length (or layer_dims = 'auto')",
         ),
-        (all(d >= 1 for d in p.layer_dims), f"layer_dims must be >= 1, got {list(p.layer_dims)}"),
+        (all(d >= 1 for d in dims), f"layer_dims must be >= 1, got {list(dims)}"),
         (
             all(is_layer_name(name) for name in p.layers),
             f"layers must be 'latent' or 'up<i>' (negative i counts from the last up-block), got {list(p.layers)}",

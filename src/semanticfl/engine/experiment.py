@@ -30,6 +30,7 @@ from semanticfl.models import build_model
 from semanticfl.seeding import derive_seed
 from semanticfl.teachers.base import GuidanceSet
 from semanticfl.teachers.guidance import guidance_set
+from semanticfl.teachers.loading import teacher_shape
 from semanticfl.teachers.targets import TeacherInputs, TeacherTargets
 
 
@@ -198,6 +199,7 @@ class Experiment:
             class_names=tuple(self.dataset.classes),
             num_clients=c.partition.num_clients,
             seed=c.experiment.seed,
+            teacher_shape=lambda: teacher_shape(c.teacher, self.dataset.name),
         )
         algorithm = build_algorithm(c.algorithm.name, c.algorithm_params(), setup)
         algorithm.bind(self)

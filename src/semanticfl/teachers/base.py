@@ -19,6 +19,8 @@ from typing import Protocol
 import numpy as np
 from torch import Tensor
 
+from semanticfl.errors import UserError
+
 NULL_PROMPT = ""
 DEFAULT_TEMPLATE = "a photo of a {}"
 
@@ -55,6 +57,51 @@ class PromptEncoder(Protocol):
     def sentence(self, prompts: list[str]) -> Tensor:
         """Prompts → P×dim L2-normalised sentence embeddings."""
         ...
+
+
+def resolve_layer_names(layers: tuple[str, ...], num_up_blocks: int, owner: str) -> tuple[str, ...]:
+    """``up-k`` → ``up{num_up_blocks − k}`` (``latent`` unchanged); every index must exist, else a
+    UserError naming ``owner`` (the request or setting that asked for the layer)."""
+    resolved = []
+    for name in layers:
+        if name == "latent":
+            resolved.append(name)
+            continue
+        index = int(name[2:])
+        index = num_up_blocks + index if index < 0 else index
+        if not 0 <= index < num_up_blocks:
+            raise UserError(
+                f"layer '{name}' of {owner} does not exist: the teacher's U-Net has "
+                f"{num_up_blocks} up-blocks (up0..up{num_up_blocks - 1}, or up-1..up-{num_up_blocks})"
+            )
+        resolved.append(f"up{index}")
+    return tuple(resolved)
+
+
+@dataclass(frozen=True)
+class TeacherShape:
+    """The widths of a teacher, known from its configs without loading its weights: what
+    ``layer_dims = "auto"`` and ``text_dim = "auto"`` are read from."""
+
+    latent_channels: int
+    """Channels of the VAE latent (SD: 4; TAEF2: 32)."""
+    up_channels: tuple[int, ...]
+    """Output channels of each ``unet.up_blocks[i]``: the U-Net's ``block_out_channels`` reversed."""
+    text_dim: int
+    """Width of the text encoder's sentence embeddings (CLIP ViT-L 768, OpenCLIP-H 1024, MiniLM 384)."""
+
+    @classmethod
+    def of_unet(cls, unet_config, latent_channels: int, text_dim: int) -> TeacherShape:
+        """From a diffusers ``UNet2DConditionModel`` config (its ``block_out_channels``)."""
+        up_channels = tuple(int(c) for c in reversed(unet_config["block_out_channels"]))
+        return cls(int(latent_channels), up_channels, int(text_dim))
+
+    def channels(self, layers: tuple[str, ...], owner: str) -> tuple[int, ...]:
+        """Channels of each named layer (``latent``, ``up<i>``, ``up-<k>``)."""
+        resolved = resolve_layer_names(layers, len(self.up_channels), owner)
+        return tuple(
+            self.latent_channels if name == "latent" else self.up_channels[int(name[2:])] for name in resolved
+        )
 
 
 @dataclass(frozen=True)

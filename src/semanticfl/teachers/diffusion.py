@@ -92,8 +92,8 @@ class DiffusionTeacher:
 
     Outputs of :meth:`features`, :meth:`features_per_prompt` and :meth:`text_embeddings` are float32 on
     the CPU; the building blocks (:meth:`latents`, :meth:`noised`, :meth:`up_block_features`) stay on
-    the teacher's device. On CUDA the U-Net and VAE run in half precision (``dtype="auto"``) and
-    channels-last memory format.
+    the teacher's device. On CUDA the U-Net and VAE run in half precision (``dtype="auto"``) under
+    autocast, in channels-last memory format; on the CPU in float32.
     """
 
     def __init__(
@@ -175,11 +175,18 @@ class DiffusionTeacher:
         _check_batch(images, sample_ids)
         return self._encode(self.prepare(images), sample_ids)
 
+    def autocast(self) -> torch.autocast:
+        """Mixed precision for the half-precision teacher on CUDA (normalisations and softmaxes in float32,
+        as autocast's op lists say); a no-op on the CPU, where the teacher runs in float32."""
+        half = self.device.type == "cuda" and self.dtype != torch.float32
+        return torch.autocast(device_type=self.device.type, dtype=self.dtype, enabled=half)
+
     def _encode(self, images: Tensor, sample_ids: Tensor) -> Tensor:
-        if not self.settings.latent_sample:
-            return self.codec.encode(images)
-        gens = generators(self.settings.seed, LATENT_STREAM, sample_ids)
-        return self.codec.encode(images, sample=True, generator=gens)
+        with self.autocast():
+            if not self.settings.latent_sample:
+                return self.codec.encode(images)
+            gens = generators(self.settings.seed, LATENT_STREAM, sample_ids)
+            return self.codec.encode(images, sample=True, generator=gens)
 
     def _timesteps(self, count: int) -> Tensor:
         return torch.full((count,), self.settings.timestep, dtype=torch.long, device=self.device)
@@ -210,12 +217,13 @@ class DiffusionTeacher:
 
         handles = [self.unet.up_blocks[i].register_forward_hook(keeper(i)) for i in self.settings.up_blocks]
         try:
-            self.unet(
-                noisy.to(device=self.device, dtype=self.dtype),
-                self._timesteps(len(noisy)),
-                encoder_hidden_states=encoder_states.to(device=self.device, dtype=self.dtype),
-                encoder_attention_mask=None if encoder_mask is None else encoder_mask.to(self.device),
-            )
+            with self.autocast():
+                self.unet(
+                    noisy.to(device=self.device, dtype=self.dtype),
+                    self._timesteps(len(noisy)),
+                    encoder_hidden_states=encoder_states.to(device=self.device, dtype=self.dtype),
+                    encoder_attention_mask=None if encoder_mask is None else encoder_mask.to(self.device),
+                )
         finally:
             for handle in handles:
                 handle.remove()

@@ -13,9 +13,14 @@ import numpy as np
 from semanticfl.config import TeacherConfig
 from semanticfl.data.splits import stratified_holdout
 from semanticfl.errors import UserError
-from semanticfl.teachers.base import ExtractionSettings
+from semanticfl.teachers.base import ExtractionSettings, TeacherShape
 from semanticfl.teachers.diffusion import DiffusionTeacher
-from semanticfl.teachers.offline import load_offline_teacher, shipped_teacher_dir, teacher_info
+from semanticfl.teachers.offline import (
+    load_offline_teacher,
+    offline_teacher_shape,
+    shipped_teacher_dir,
+    teacher_info,
+)
 
 
 def placeholder_settings(cfg: TeacherConfig) -> ExtractionSettings:
@@ -37,15 +42,32 @@ def load_teacher(
     if cfg.kind == "stable_diffusion":
         from semanticfl.teachers.sd import load_stable_diffusion
 
-        if not cfg.path:
-            raise UserError(
-                "teacher.kind=stable_diffusion needs teacher.path: a local diffusers folder of an SD 1.x/2.x "
-                "checkpoint (or a hub id with teacher.allow_download=true and a network)"
-            )
-        return load_stable_diffusion(cfg.path, settings, device=device, allow_download=cfg.allow_download)
+        return load_stable_diffusion(
+            require_sd_path(cfg), settings, device=device, allow_download=cfg.allow_download
+        )
     folder = offline_teacher_folder(cfg, dataset_name)
     check_teacher_data_withheld(folder, dataset_name, train_labels, client_pool)
     return load_offline_teacher(folder, settings, device=device)
+
+
+def teacher_shape(cfg: TeacherConfig, dataset_name: str) -> TeacherShape:
+    """The widths of the teacher ``cfg`` names, read from its configs (no weights loaded): what
+    ``layer_dims = "auto"`` and ``text_dim = "auto"`` resolve to, the same on server and clients."""
+    if cfg.kind == "stable_diffusion":
+        from semanticfl.teachers.sd import stable_diffusion_shape
+
+        return stable_diffusion_shape(require_sd_path(cfg), cfg.allow_download)
+    return offline_teacher_shape(offline_teacher_folder(cfg, dataset_name))
+
+
+def require_sd_path(cfg: TeacherConfig) -> str:
+    """``teacher.path`` of a Stable Diffusion teacher, which must be set."""
+    if not cfg.path:
+        raise UserError(
+            "teacher.kind=stable_diffusion needs teacher.path: a local diffusers folder of an SD 1.x/2.x "
+            "checkpoint (or a hub id with teacher.allow_download=true and a network)"
+        )
+    return cfg.path
 
 
 def offline_teacher_folder(cfg: TeacherConfig, dataset_name: str) -> Path:

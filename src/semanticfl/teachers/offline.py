@@ -30,11 +30,11 @@ from safetensors import SafetensorError
 from torch import Tensor, nn
 
 from semanticfl.errors import UserError
-from semanticfl.teachers.base import ExtractionSettings
+from semanticfl.models.text import MINILM_NAME, MINILM_PACKAGE, MiniLMPromptEncoder
+from semanticfl.teachers.base import ExtractionSettings, TeacherShape
 from semanticfl.teachers.codecs import TAEF2Codec
 from semanticfl.teachers.diffusion import DiffusionTeacher
 from semanticfl.teachers.taef2 import TAEF2
-from semanticfl.models.text import MINILM_NAME, MINILM_PACKAGE, MiniLMPromptEncoder
 
 logger = logging.getLogger(__name__)
 
@@ -144,6 +144,24 @@ def teacher_info(folder: Path) -> dict:
             f"{path} has format {info.get('format')}, this version reads {FORMAT_VERSION}; {TRAIN_HINT}"
         )
     return info
+
+
+def offline_teacher_shape(folder: Path) -> TeacherShape:
+    """The widths of the offline teacher in ``folder`` from its U-Net config (built on the meta device,
+    no weight read), TAEF2's latent channels and MiniLM's width."""
+    from accelerate import init_empty_weights
+    from diffusers import UNet2DConditionModel
+
+    teacher_info(folder)
+    try:
+        with init_empty_weights():
+            unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(folder / "unet"))
+    except LOAD_ERRORS as exc:
+        reason = " ".join(str(exc).split())[:300] or type(exc).__name__
+        raise UserError(
+            f"cannot read the offline teacher's U-Net config in {folder} ({reason}); {TRAIN_HINT}"
+        ) from None
+    return TeacherShape.of_unet(unet.config, TAEF2.latent_channels, MiniLMPromptEncoder.dim)
 
 
 def _load_parts(folder: Path):

@@ -20,12 +20,36 @@ import torch
 from safetensors import SafetensorError
 
 from semanticfl.errors import UserError
-from semanticfl.teachers.base import ExtractionSettings
+from semanticfl.models.text import CLIPPromptEncoder
+from semanticfl.teachers.base import ExtractionSettings, TeacherShape
 from semanticfl.teachers.codecs import AutoencoderKLCodec
 from semanticfl.teachers.diffusion import DiffusionTeacher, resolve_device, resolve_dtype
-from semanticfl.models.text import CLIPPromptEncoder
 
 SUBFOLDERS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+DIFFUSERS_WEIGHTS = (
+    "diffusion_pytorch_model.safetensors",
+    "diffusion_pytorch_model.bin",
+    "diffusion_pytorch_model.safetensors.index.json",
+    "diffusion_pytorch_model.bin.index.json",
+)
+TRANSFORMERS_WEIGHTS = (
+    "model.safetensors",
+    "pytorch_model.bin",
+    "model.safetensors.index.json",
+    "pytorch_model.bin.index.json",
+)
+COMPONENTS = {
+    "unet": ("U-Net", {"config": ("config.json",), "weights": DIFFUSERS_WEIGHTS}),
+    "vae": ("VAE", {"config": ("config.json",), "weights": DIFFUSERS_WEIGHTS}),
+    "text_encoder": ("text encoder", {"config": ("config.json",), "weights": TRANSFORMERS_WEIGHTS}),
+    "tokenizer": (
+        "tokenizer",
+        {"vocabulary": ("vocab.json", "tokenizer.json"), "merges": ("merges.txt", "tokenizer.json")},
+    ),
+    "scheduler": ("scheduler", {"config": ("scheduler_config.json",)}),
+}
+"""Per subfolder: what it holds and the files it needs, each as alternatives (any one will do), in the
+names ``from_pretrained`` reads."""
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
 CONFIG_SUFFIXES = (".json", ".txt")
 LOAD_ERRORS = (OSError, ValueError, RuntimeError, KeyError, SafetensorError)
@@ -68,12 +92,46 @@ def _resolve_root(path_or_id: str, allow_download: bool) -> Path:
     return Path(found)
 
 
-def _check_layout(root: Path) -> None:
-    missing = [f"{sub}/" for sub in SUBFOLDERS if not (root / sub).is_dir()]
-    if missing:
+def check_complete(root: Path) -> None:
+    """Every component a Stable Diffusion folder needs, with its config and weights; the first gap is a
+    one-line UserError naming the component and the file (before diffusers reads anything)."""
+    for sub, (what, needs) in COMPONENTS.items():
+        folder = root / sub
+        if not folder.is_dir():
+            files = ", ".join(f"{sub}/{names[0]}" for names in needs.values())
+            raise UserError(
+                f"the Stable Diffusion checkpoint at {root} is incomplete: missing {sub}/ (the {what}: "
+                f"{files}); {DOWNLOAD_HINT}"
+            )
+        for kind, names in needs.items():
+            if not any((folder / name).is_file() for name in names):
+                raise UserError(
+                    f"the Stable Diffusion checkpoint at {root} is incomplete: missing {sub}/{names[0]} "
+                    f"(the {what}'s {kind}); {DOWNLOAD_HINT}"
+                )
+
+
+def stable_diffusion_shape(path_or_id: str, allow_download: bool = False) -> TeacherShape:
+    """The widths of a Stable Diffusion folder (latent channels, up-block channels, text width) from its
+    configs alone: the U-Net and VAE are built on the meta device, so no weight is read or allocated."""
+    from accelerate import init_empty_weights
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig
+
+    root = _resolve_root(str(path_or_id), allow_download)
+    check_complete(root)
+    try:
+        with init_empty_weights():
+            unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(root, subfolder="unet"))
+            vae = AutoencoderKL.from_config(AutoencoderKL.load_config(root, subfolder="vae"))
+        text = CLIPTextConfig.from_pretrained(root, subfolder="text_encoder", local_files_only=True)
+    except LOAD_ERRORS as exc:
+        reason = " ".join(str(exc).split())[:300] or type(exc).__name__
         raise UserError(
-            f"no Stable Diffusion weights at {root} (missing {', '.join(missing)}); {DOWNLOAD_HINT}"
-        )
+            f"cannot read the configs of the Stable Diffusion checkpoint at {root} ({reason}); it is corrupt: "
+            f"{DOWNLOAD_HINT}"
+        ) from None
+    return TeacherShape.of_unet(unet.config, vae.config.latent_channels, text.hidden_size)
 
 
 def _public_config(config) -> dict:
@@ -110,14 +168,17 @@ def load_stable_diffusion(
 
     The VAE becomes an :class:`AutoencoderKLCodec`, the CLIP text encoder a :class:`CLIPPromptEncoder`
     (prompts padded to 77 tokens, as SD is conditioned), and the saved scheduler's config is loaded as a
-    ``DDIMScheduler`` for ``add_noise``. Missing folders and unreadable files raise :class:`UserError`.
+    ``DDIMScheduler`` for ``add_noise``. ``dtype="auto"``: every part in float16 on CUDA, float32 on the
+    CPU; diffusers reads the weights straight into the models (``low_cpu_mem_usage``, through
+    ``accelerate``), so a full-size U-Net is not held twice. Missing folders and files (checked first:
+    :func:`check_complete`) and unreadable files raise :class:`UserError`.
     """
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 
     resolved_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, resolved_device)
     root = _resolve_root(str(path_or_id), allow_download)
-    _check_layout(root)
+    check_complete(root)
     try:
         unet = UNet2DConditionModel.from_pretrained(
             root, subfolder="unet", local_files_only=True, torch_dtype=torch_dtype
@@ -133,7 +194,7 @@ def load_stable_diffusion(
             f"cannot load the Stable Diffusion checkpoint at {root} ({reason}); it is incomplete or "
             f"corrupt: {DOWNLOAD_HINT}"
         ) from None
-    text.model.to(resolved_device)
+    text.model.to(resolved_device, torch_dtype)  # float16 on CUDA, like the U-Net and VAE
     configs = {
         "unet": _public_config(unet.config),
         "vae": _public_config(vae.config),
@@ -175,10 +236,11 @@ def _byte_unicode_chars() -> list[str]:
     return [chr(codes[byte]) for byte in range(256)]
 
 
-def _write_tokenizer(folder: Path) -> int:
+def write_tiny_tokenizer(folder: Path) -> int:
     """CLIP's byte-level BPE files (vocab.json, merges.txt, tokenizer_config.json) with a tiny vocabulary:
     every byte character with and without ``</w>``, a few merges, and the two special tokens. Returns
-    the vocabulary size."""
+    the vocabulary size. (CLIP's real 49,408-token vocabulary is not on this machine; prompts still pad
+    to 77 tokens, so a U-Net pass costs the same.)"""
     chars = _byte_unicode_chars()
     tokens = chars + [c + "</w>" for c in chars] + ["".join(pair) for pair in TINY_MERGES] + [BOS, EOS]
     folder.mkdir(parents=True, exist_ok=True)
@@ -229,7 +291,7 @@ def build_tiny_stable_diffusion(folder: str | Path, seed: int = 0) -> Path:
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     root = Path(folder)
-    vocab_size = _write_tokenizer(root / "tokenizer")
+    vocab_size = write_tiny_tokenizer(root / "tokenizer")
     tokenizer = CLIPTokenizer.from_pretrained(root / "tokenizer")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

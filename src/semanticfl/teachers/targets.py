@@ -29,7 +29,7 @@ from semanticfl.config import TeacherConfig
 from semanticfl.data.datasets import ImageDataset, images_to_tensor
 from semanticfl.data.transforms import BatchTransform
 from semanticfl.errors import UserError
-from semanticfl.teachers.base import AnchorRequest, ExtractionSettings, FeatureRequest
+from semanticfl.teachers.base import AnchorRequest, ExtractionSettings, FeatureRequest, resolve_layer_names
 from semanticfl.teachers.diffusion import DiffusionTeacher
 from semanticfl.teachers.loading import load_teacher
 from semanticfl.teachers.reduction import FeatureReducer
@@ -95,20 +95,7 @@ def encode_samples(
 
 def resolve_layers(request: FeatureRequest, num_up_blocks: int) -> tuple[str, ...]:
     """``up-k`` → ``up{num_up_blocks − k}``; checks every index exists."""
-    resolved = []
-    for name in request.layers:
-        if name == "latent":
-            resolved.append(name)
-            continue
-        index = int(name[2:])
-        index = num_up_blocks + index if index < 0 else index
-        if not 0 <= index < num_up_blocks:
-            raise UserError(
-                f"layer '{name}' of {request.name} does not exist: the teacher's U-Net has "
-                f"{num_up_blocks} up-blocks (up0..up{num_up_blocks - 1}, or up-1..up-{num_up_blocks})"
-            )
-        resolved.append(f"up{index}")
-    return tuple(resolved)
+    return resolve_layer_names(request.layers, num_up_blocks, request.name)
 
 
 class RequestExtractor:
