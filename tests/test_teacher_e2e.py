@@ -189,9 +189,10 @@ def test_semanticfl_guidance_mode_sends_the_generated_set_once_and_clients_send_
 README = Path(__file__).resolve().parents[1] / "README.md"
 SHARED_CIFAR10 = README.parent.parent / "shared" / "data" / "cifar10"
 SMALLER = ["train.rounds=1", "train.local_epochs=1", "partition.num_clients=2", "data.train_fraction=0.005",
-           "teacher.resolution=32"]
+           "teacher.resolution=32", "teacher.fit_samples=200", "eval.central=false"]
 """What sizes the README's Stable Diffusion recipe down to a test: one round, two clients, 200 images, the
-tiny SD's 32 px."""
+tiny SD's 32 px, 200 fit images (>= the 128 dims of a layer), no ResNet-10 pass over 20,000 evaluation
+images."""
 
 
 def readme_sd_recipe() -> list[str]:
