@@ -13,11 +13,10 @@ from semanticfl.algorithms.fedafd import FedAFDParams, LocalModel
 from semanticfl.algorithms.multimodal import ClientSpec
 from semanticfl.data.multimodal import WordTokenizer
 from semanticfl.errors import UserError
-from semanticfl.models import multimodal
+from semanticfl.models import multimodal, text
 from semanticfl.models.multimodal import MiniLMEncoder, build_text_encoder
-from semanticfl.models import text
-from semanticfl.teachers.sd import build_tiny_stable_diffusion
 from semanticfl.models.text import CLIPPromptEncoder, MiniLMPromptEncoder
+from semanticfl.teachers.sd import build_tiny_stable_diffusion
 
 
 @pytest.fixture(scope="module")

@@ -37,6 +37,7 @@ from semanticfl.data.datasets import ImageDataset, images_to_tensor, load_image_
 from semanticfl.data.splits import stratified_holdout
 from semanticfl.errors import UserError
 from semanticfl.files import atomic_write_text
+from semanticfl.models.text import MINILM_NAME, MINILM_PACKAGE, MiniLMPromptEncoder
 from semanticfl.teachers.base import DEFAULT_TEMPLATE, NULL_PROMPT, class_prompts
 from semanticfl.teachers.offline import (
     CHIRAL_DATASETS,
@@ -49,7 +50,6 @@ from semanticfl.teachers.offline import (
     prepare_images,
 )
 from semanticfl.teachers.taef2 import TAEF2
-from semanticfl.models.text import MINILM_NAME, MINILM_PACKAGE, MiniLMPromptEncoder
 
 logger = logging.getLogger(__name__)
 
