@@ -84,5 +84,12 @@ def sample_teacher(experiment: Experiment, out: Path, per_class: int, progress: 
     out.mkdir(parents=True, exist_ok=True)
     classes = np.array(ds.classes)
     atomic_write(out / "samples.npz", lambda f: np.savez(f, images=samples.images, labels=samples.labels, classes=classes))
-    atomic_write(out / "grid.png", lambda f: save_grid(samples.images, samples.labels, list(ds.classes), f))
+    c = experiment.config.teacher
+    title = (
+        f"{ds.name}: teacher {c.path or 'shipped'}, {c.sample_steps} {c.sampler} steps, "
+        f"guidance {c.guidance_scale}, seed {c.seed}"
+    )
+    atomic_write(
+        out / "grid.png", lambda f: save_grid(samples.images, samples.labels, list(ds.classes), f, title=title)
+    )
     return out

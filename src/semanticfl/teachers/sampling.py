@@ -170,8 +170,11 @@ def to_dataset_images(images: Tensor, channels: int, size: int) -> np.ndarray:
     return (images.clamp(0, 1) * 255).round().to(torch.uint8).numpy()
 
 
-def save_grid(images: np.ndarray, labels: np.ndarray, class_names: list[str], target, per_row: int = 10) -> None:
-    """A labelled PNG grid (to a path or binary file): one row per class, up to ``per_row`` of its images."""
+def save_grid(
+    images: np.ndarray, labels: np.ndarray, class_names: list[str], target, per_row: int = 10, title: str = ""
+) -> None:
+    """A labelled PNG grid (to a path or binary file): one row per class, up to ``per_row`` of its images,
+    under ``title`` (the teacher and the sampler settings)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -194,5 +197,7 @@ def save_grid(images: np.ndarray, labels: np.ndarray, class_names: list[str], ta
                 ax.imshow(image.squeeze(-1) if image.shape[-1] == 1 else image, cmap="gray", vmin=0, vmax=255)
         axes[row][0].set_ylabel(class_names[c], rotation=0, ha="right", va="center", fontsize=9)
     figure.subplots_adjust(left=0.14, wspace=0.05, hspace=0.05)
+    if title:
+        figure.suptitle(title, fontsize=10)
     figure.savefig(target, format="png", dpi=110, bbox_inches="tight")
     plt.close(figure)
