@@ -28,10 +28,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tomllib
 from pathlib import Path
+
+import runqueue
 
 OUT = Path("benchmarks/out/guidance")
 RESULTS = Path("benchmarks/results/guidance.json")
@@ -68,43 +69,21 @@ def parse_row(name: str) -> tuple[str, str, str, int]:
     return parts[0], parts[1], parts[2], int(parts[3][1:])
 
 
-def run_dir(name: str) -> Path | None:
-    found = sorted(OUT.glob(f"{name}-2*/"))
-    return found[-1] if found else None
-
-
-def summary_of(folder: Path | None) -> dict | None:
-    path = folder / "summary.json" if folder else None
-    return json.loads(path.read_text()) if path and path.exists() else None
-
-
-def run_row(name: str, teacher: str | None) -> None:
+def run_guidance_row(name: str, teacher: str | None) -> None:
     dataset, setting, method, seed = parse_row(name)
-    folder = run_dir(name)
-    summary = summary_of(folder)
-    if summary and summary.get("complete"):
-        return
-    if folder and any((folder / "checkpoints").glob("*")):
-        command = ["semanticfl", "run", "--resume", str(folder)]
-    else:
-        config, *overrides = DATASETS[dataset]
-        overrides += [*SETTINGS[setting], *METHODS[method], f"experiment.seed={seed}"]
-        teacher = teacher or TEACHERS[dataset]
-        if teacher and method in USES_TEACHER:
-            overrides.append(f"teacher.path={teacher}")
-        command = ["semanticfl", "run", config, f"experiment.name={name}", f"experiment.output_dir={OUT}", *overrides]
-    print("+", " ".join(command), flush=True)
-    subprocess.run(command, check=True)
+    config, *overrides = DATASETS[dataset]
+    overrides += [*SETTINGS[setting], *METHODS[method], f"experiment.seed={seed}"]
+    teacher = teacher or TEACHERS[dataset]
+    if teacher and method in USES_TEACHER:
+        overrides.append(f"teacher.path={teacher}")
+    runqueue.run_row(OUT, name, config, overrides)
 
 
 def table_rows() -> list[dict]:
     rows = []
-    for path in sorted(OUT.glob("*/summary.json")):
-        summary = json.loads(path.read_text())
-        if not summary.get("complete"):
-            continue
+    for folder, summary in runqueue.finished_runs(OUT):
         dataset, setting, method, seed = parse_row(summary["experiment"])
-        teacher = tomllib.loads((path.parent / "config.toml").read_text()).get("teacher", {}).get("path", "")
+        teacher = tomllib.loads((folder / "config.toml").read_text()).get("teacher", {}).get("path", "")
         rows.append({
             "dataset": dataset, "setting": setting, "method": method, "seed": seed,
             "teacher": (teacher or "shipped") if method in USES_TEACHER else "",
@@ -134,7 +113,7 @@ def main() -> None:
     for name in args.rows:
         parse_row(name)
     for name in args.rows:
-        run_row(name, args.teacher)
+        run_guidance_row(name, args.teacher)
         RESULTS.write_text(json.dumps(table_rows(), indent=1) + "\n")
     if args.table:
         print(markdown(table_rows()))

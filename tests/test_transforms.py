@@ -110,3 +110,13 @@ def test_train_batch_transform_follows_the_spec():
     assert torch.equal(first, expected)
     with pytest.raises(ValueError, match="Generator"):
         cifar(batch)
+
+
+def test_channels_last_transform_gives_the_same_values_in_nhwc_memory():
+    spec = get_spec("cifar10")
+    batch = _random_batch(size=32)
+    nchw = BatchTransform(spec, train=True)(batch, _generator(4))
+    nhwc = BatchTransform(spec, train=True, channels_last=True)(batch, _generator(4))
+    assert torch.equal(nchw, nhwc)
+    assert nhwc.is_contiguous(memory_format=torch.channels_last) and not nhwc.is_contiguous()
+    assert nchw.is_contiguous()

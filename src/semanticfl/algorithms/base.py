@@ -52,6 +52,13 @@ class LocalSettings:
     momentum: float
     weight_decay: float
     device: str = "cpu"
+    precision: str = "fp32"
+    """"bf16" runs :meth:`Algorithm.local_loss` under ``torch.autocast`` (engine.precision)."""
+
+    def autocast(self) -> torch.autocast:
+        """The forward pass's precision: bfloat16 autocast for "bf16", a no-op context for "fp32"."""
+        device_type = torch.device(self.device).type
+        return torch.autocast(device_type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
 
 
 @dataclass
@@ -255,7 +262,8 @@ class Algorithm:
             for batch in data.batches(settings.batch_size, generator):
                 batch = batch.to(settings.device)
                 optimizer.zero_grad(set_to_none=True)
-                loss, logits = self.local_loss(model, batch, context)
+                with settings.autocast():
+                    loss, logits = self.local_loss(model, batch, context)
                 loss.backward()
                 self.before_step(model, context)
                 optimizer.step()

@@ -88,10 +88,10 @@ class Experiment:
         return [self.client_pool[part] for part in parts]
 
     def train_transform(self) -> BatchTransform:
-        return BatchTransform(self.dataset.spec, train=self.config.data.augment)
+        return BatchTransform(self.dataset.spec, self.config.data.augment, self.config.engine.channels_last)
 
     def eval_transform(self) -> BatchTransform:
-        return BatchTransform(self.dataset.spec, train=False)
+        return BatchTransform(self.dataset.spec, False, self.config.engine.channels_last)
 
     def client_data(
         self, partition_id: int, offloaded: Arrays | None = None, guidance: Arrays | None = None
@@ -214,7 +214,9 @@ class Experiment:
             if model is None:
                 model = build_model(self.config.model.name, ds.num_classes, ds.in_channels, ds.image_size)
             model = self.algorithm.extend_model(model)
-        return model.to(self.config.engine.device)
+        engine = self.config.engine
+        memory_format = torch.channels_last if engine.channels_last else torch.contiguous_format
+        return model.to(engine.device, memory_format=memory_format)
 
     def local_settings(self) -> LocalSettings:
         t = self.config.train
@@ -225,6 +227,7 @@ class Experiment:
             momentum=t.momentum,
             weight_decay=t.weight_decay,
             device=self.config.engine.device,
+            precision=self.config.engine.precision,
         )
 
     def client_generator(self, round_number: int, partition_id: int) -> torch.Generator:

@@ -1,0 +1,151 @@
+"""The compute limit of this CPU for each client model (issue 21, item 1), and how close local training gets.
+
+For ``cnn``, ``resnet10`` and ``mobilenet`` on 32×32×3 inputs at batch 64, one forward + backward + SGD step
+(momentum 0.9) on random tensors, in images/s, for every kernel setting:
+
+- ``fp32`` -- the default memory format (NCHW);
+- ``fp32_cl`` -- model and inputs in channels-last (NHWC);
+- ``bf16`` / ``bf16_cl`` -- ``torch.autocast("cpu", torch.bfloat16)`` around forward and loss;
+- ``compile`` / ``compile_cl`` -- ``torch.compile`` (inductor) of the fp32 model;
+- ``engine`` -- epochs of the engine's own FedAvg local training (``Algorithm.local_train``: uint8 decoding,
+  batched augmentation, normalisation) on 1,280 images of a CIFAR-10 client, with the engine's default kernel
+  settings: what a client reaches against the limit.
+
+Each at 1 torch thread (what one simulated client gets: ``engine.threads_per_client = 1``, one client per core)
+and at 2 threads (``--threads 1 2``). The variants are measured interleaved, ``--repeats`` times each, and
+the median is kept.
+
+    python benchmarks/bench_compute.py                       # all models, writes benchmarks/results/compute.jsonl
+    python benchmarks/bench_compute.py --models cnn --seconds 3
+
+Run it alone on the machine: every figure is a rate, and the two cores are shared by anything else running.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from semanticfl.models import build_model
+
+RESULTS = Path(__file__).parent / "results" / "compute.jsonl"
+BATCH = 64
+VARIANTS = ("fp32", "fp32_cl", "bf16", "bf16_cl", "compile", "compile_cl", "engine")
+
+
+def training_step(variant: str, model: torch.nn.Module) -> Callable[[torch.Tensor, torch.Tensor], None]:
+    """One SGD step of ``model`` under ``variant``'s kernel settings."""
+    channels_last = variant.endswith("_cl")
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    forward = torch.compile(model) if variant.startswith("compile") else model
+    autocast = variant.startswith("bf16")
+
+    def step(x: torch.Tensor, y: torch.Tensor) -> None:
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        optimizer.zero_grad(set_to_none=True)
+        context = torch.autocast("cpu", dtype=torch.bfloat16) if autocast else contextlib.nullcontext()
+        with context:
+            _, logits = forward(x)
+            loss = F.cross_entropy(logits, y)
+        loss.backward()
+        optimizer.step()
+
+    return step
+
+
+def images_per_second(step: Callable[[torch.Tensor, torch.Tensor], None], seconds: float, images: int = BATCH) -> float:
+    """Calls of ``step`` (``images`` images each) on one fixed random batch for at least ``seconds``."""
+    x, y = torch.randn(BATCH, 3, 32, 32), torch.randint(0, 10, (BATCH,))
+    steps, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds or steps < 3:
+        step(x, y)
+        steps += 1
+    return steps * images / (time.perf_counter() - started)
+
+
+def measure_limits(
+    model_name: str, variants: list[str], threads: int, seconds: float, repeats: int, engine_samples: int
+) -> list[dict]:
+    """Every variant of one model, interleaved ``repeats`` times (this VM's speed drifts by up to 2x between
+    minutes, so only rates measured side by side compare); the median rate of each, with its range."""
+    torch.set_num_threads(threads)
+    steps, rows = {}, {}
+    rate_per_call = {"engine": engine_samples}
+    for variant in variants:
+        torch.manual_seed(0)
+        try:
+            steps[variant] = (
+                engine_training(model_name, engine_samples) if variant == "engine"
+                else training_step(variant, build_model(model_name, 10, 3, 32))
+            )
+            images_per_second(steps[variant], 0.5, rate_per_call.get(variant, BATCH))  # warm-up, compilation
+        except Exception as error:  # a setting this CPU or build cannot run is a row saying so
+            rows[variant] = {"error": f"{type(error).__name__}: {error}"[:200]}
+    rates: dict[str, list[float]] = {variant: [] for variant in steps}
+    for _ in range(repeats):
+        for variant, step in steps.items():
+            rates[variant].append(images_per_second(step, seconds, rate_per_call.get(variant, BATCH)))
+    for variant, measured in rates.items():
+        rows[variant] = {"images_per_s": round(statistics.median(measured), 1),
+                         "min": round(min(measured), 1), "max": round(max(measured), 1)}
+    return [{"model": model_name, "variant": v, "threads": threads, **rows[v]} for v in variants]
+
+
+def engine_training(model_name: str, samples: int) -> Callable[[torch.Tensor, torch.Tensor], None]:
+    """A "step" that is one epoch of the engine's FedAvg local training (``Algorithm.local_train`` with the
+    engine's default kernel settings: uint8 decoding, batched augmentation, normalisation) on the first
+    ``samples`` images of client 1's CIFAR-10 partition; it ignores the random batch it is given."""
+    from semanticfl.algorithms.base import ClientTask
+    from semanticfl.config import load_config
+    from semanticfl.engine.experiment import Experiment
+
+    experiment = Experiment(load_config("cifar10_cnn", [f"model.name={model_name}", "train.local_epochs=1"]))
+    full = experiment.client_data(1)
+    data = dataclasses.replace(full, images=full.images[:samples], labels=full.labels[:samples])
+    algorithm, model, settings = experiment.algorithm, experiment.build_model(), experiment.local_settings()
+    generator = torch.Generator().manual_seed(0)
+
+    def epoch(x: torch.Tensor, y: torch.Tensor) -> None:
+        algorithm.local_train(model, data, ClientTask(round=1), settings, generator)
+
+    return epoch
+
+
+def record(entry: dict) -> None:
+    entry = {"benchmark": "compute_limit", "time": time.strftime("%Y-%m-%d %H:%M:%S"), **entry}
+    RESULTS.parent.mkdir(exist_ok=True)
+    with open(RESULTS, "a") as handle:
+        handle.write(json.dumps(entry) + "\n")
+    print(json.dumps(entry), flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", default=["cnn", "resnet10", "mobilenet"])
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    parser.add_argument("--threads", nargs="+", type=int, default=[1, 2])
+    parser.add_argument("--seconds", type=float, default=2.0, help="timed seconds per measurement")
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved measurements per variant")
+    parser.add_argument("--engine-samples", type=int, default=1280, help="images of the engine's epoch")
+    args = parser.parse_args()
+    for model_name in args.models:
+        for threads in args.threads:
+            for row in measure_limits(model_name, args.variants, threads, args.seconds, args.repeats,
+                                      args.engine_samples):
+                record(row)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,48 @@
+"""A benchmark table as a queue of named rows, each one `semanticfl run` (shared by the table scripts).
+
+A row's run lives in ``OUT/NAME-<timestamp>/``. A finished row (``summary.json`` says ``complete``) is
+skipped; an interrupted one with a checkpoint is continued with ``semanticfl run --resume`` (exact); any
+other is started afresh. So a long table can be stopped at any moment and the same command continues it.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+
+def latest_run_dir(out: Path, name: str) -> Path | None:
+    """The newest run folder of row ``name`` under ``out``, if any."""
+    found = sorted(out.glob(f"{name}-2*/"))
+    return found[-1] if found else None
+
+
+def read_summary(folder: Path | None) -> dict | None:
+    path = folder / "summary.json" if folder else None
+    return json.loads(path.read_text()) if path and path.exists() else None
+
+
+def run_row(out: Path, name: str, config: str, overrides: Sequence[str], prefix: Sequence[str] = ()) -> None:
+    """Run row ``name`` (``semanticfl run CONFIG OVERRIDES``) unless finished; continue it if interrupted.
+
+    ``prefix`` goes before the command (e.g. ``["taskset", "-c", "0"]``)."""
+    folder = latest_run_dir(out, name)
+    summary = read_summary(folder)
+    if summary and summary.get("complete"):
+        return
+    if folder and any((folder / "checkpoints").glob("*")):
+        command = ["semanticfl", "run", "--resume", str(folder)]
+    else:
+        command = ["semanticfl", "run", config, f"experiment.name={name}", f"experiment.output_dir={out}", *overrides]
+    print("+", " ".join(command), flush=True)
+    subprocess.run([*prefix, *command], check=True)
+
+
+def finished_runs(out: Path) -> Iterator[tuple[Path, dict]]:
+    """(run folder, summary) of every complete run under ``out``, in folder order."""
+    for path in sorted(out.glob("*/summary.json")):
+        summary = json.loads(path.read_text())
+        if summary.get("complete"):
+            yield path.parent, summary
