@@ -77,16 +77,16 @@ SD_SETUP = dataclasses.replace(SETUP, teacher_shape=lambda: SD21)
 
 def test_requests_follow_the_paper_and_the_options():
     algo = build_algorithm("feddifrc", {}, SD_SETUP)
-    tdcl, ndcr = algo.feature_requests()
+    tdcl, ndcr = algo.teacher_requests().features
     assert tdcl.name == TDCL and tdcl.prompts == ("a photo of a cat", "a photo of a dog", "a photo of a sea lion")
     assert ndcr.name == NDCR and ndcr.prompts == ("",)
     assert tdcl.timestep == ndcr.timestep == 300 and tdcl.dim == 512
     assert tdcl.per_sample_shape() == (3, 512) and ndcr.per_sample_shape() == (512,)
     only_ndcr = build_algorithm("feddifrc", {"lambda_tdcl": 0.0, "timestep": 150}, SD_SETUP)
-    assert [r.name for r in only_ndcr.feature_requests()] == [NDCR]
-    assert only_ndcr.feature_requests()[0].timestep == 150
+    assert [r.name for r in only_ndcr.teacher_requests().features] == [NDCR]
+    assert only_ndcr.teacher_requests().features[0].timestep == 150
     selfsup = build_algorithm("feddifrc", {"self_supervised": True}, SD_SETUP)
-    tdcl, ndcr = selfsup.feature_requests()
+    tdcl, ndcr = selfsup.teacher_requests().features
     assert tdcl.prompts[0] == "a photo of a similar object" and len(tdcl.prompts) == 4
     assert ndcr.prompts == ("a photo of a visual object",)
 
@@ -141,7 +141,7 @@ def test_local_training_reads_each_samples_own_targets_and_lowers_its_term(term)
     def targets(rows):
         seen.append(rows.copy())
         both = {TDCL: tdcl_targets[rows].half(), NDCR: ndcr_targets[rows].half()}
-        return {name: both[name] for name in (r.name for r in algo.feature_requests())}
+        return {name: both[name] for name in (r.name for r in algo.teacher_requests().features)}
 
     data = LocalData(images, labels, lambda x, g: x.float() / 255.0, targets=targets)
     other = "lambda_ndcr" if term == "tdcl" else "lambda_tdcl"
@@ -184,7 +184,7 @@ def test_local_loss_is_ce_plus_both_terms():
 
 def test_injected_encoding_targets_are_extracted_per_round_from_the_received_model():
     algo = build_algorithm("feddifrc", {"layer_dims": [8, 4, 4], "lambda_ndcr": 0.0, "inject_encoding": True}, SETUP)
-    (tdcl,) = algo.feature_requests()
+    (tdcl,) = algo.teacher_requests().features
     assert tdcl.conditioned and tdcl.per_sample_shape() == (3, 16)
     model = algo.extend_model(build_model("cnn", 3, 1, 28))
     n = 8

@@ -46,14 +46,16 @@ def test_guidance_mode_requests_the_set_with_null_prompt_features_and_only_text_
     algo = build_algorithm(
         "semanticfl", {**GUIDED, "guidance_per_class": 7, "guidance_source": "public"}, SETUP
     )
-    (request,) = algo.guidance_requests()
+    requests = algo.teacher_requests()
+    (request,) = requests.guidance
     assert (request.name, request.per_class, request.source) == (GUIDANCE, 7, "public")
     assert request.prompts == ("a photo of a cat", "a photo of a dog", "a photo of a ship")
     assert request.features.prompts == ("",) and request.features.dim == 16
-    assert [r.name for r in algo.anchor_requests()] == [TEXT]
-    assert algo.feature_requests() == () and algo.offload_requests() == ()
-    assert build_algorithm("semanticfl", {**GUIDED, "mode": "local"}, SETUP).guidance_requests() == ()
-    assert build_algorithm("datashare", {"per_class": 4}, SETUP).guidance_requests()[0].features is None
+    assert [r.name for r in requests.anchors] == [TEXT]
+    assert requests.features == () and requests.offload == ()
+    assert build_algorithm("semanticfl", {**GUIDED, "mode": "local"}, SETUP).teacher_requests().guidance == ()
+    (shared,) = build_algorithm("datashare", {"per_class": 4}, SETUP).teacher_requests().guidance
+    assert shared.features is None
 
 
 @pytest.mark.parametrize(

@@ -41,21 +41,21 @@ def test_l2_consistency_and_gradient_direction():
 
 
 def test_modes_ask_for_what_they_use():
-    anchors = build_algorithm("semanticfl", SMALL, SETUP)
-    assert anchors.feature_requests() == ()  # nothing is extracted from client data
-    names = [r.name for r in anchors.anchor_requests()]
+    anchors = build_algorithm("semanticfl", SMALL, SETUP).teacher_requests()
+    assert anchors.features == ()  # nothing is extracted from client data
+    names = [r.name for r in anchors.anchors]
     assert names == [ANCHORS, TEXT]
-    req = anchors.anchor_requests()[0].features
+    req = anchors.anchors[0].features
     assert req.prompts == ("a photo of a cat", "a photo of a dog", "a photo of a ship")
     assert req.timestep == 150 and req.layers == ("latent", "up-3", "up-2", "up-1") and req.reduction == "gap"
-    local = build_algorithm("semanticfl", {**SMALL, "mode": "local"}, SETUP)
-    (target,) = local.feature_requests()
+    local = build_algorithm("semanticfl", {**SMALL, "mode": "local"}, SETUP).teacher_requests()
+    (target,) = local.features
     assert target.name == TARGET and target.prompts == ("",)  # null prompt: no label needed
-    assert [r.name for r in local.anchor_requests()] == [TEXT]
-    assert local.offload_requests() == ()
+    assert [r.name for r in local.anchors] == [TEXT]
+    assert local.offload == () and local.guidance == ()
     offload = build_algorithm("semanticfl", {**SMALL, "mode": "offload"}, SETUP)
     assert offload.uploads[-1] == "noised latents (once)"
-    assert offload.feature_requests() == () and offload.offload_requests() == (target,)
+    assert offload.teacher_requests().features == () and offload.teacher_requests().offload == (target,)
 
 
 @pytest.mark.parametrize(

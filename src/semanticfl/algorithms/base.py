@@ -11,6 +11,10 @@ An algorithm has two halves that never import Flower:
   :meth:`Algorithm.aggregate` (the new global model) and the server state kept in
   checkpoints.
 
+A teacher-guided algorithm says what it needs of the frozen teacher in one
+:meth:`Algorithm.teacher_requests`; one that builds its own server model and client data (FedAFD)
+opts into :class:`OwnsModelsAndData`.
+
 Everything crossing the network is a plain ``dict[str, numpy.ndarray]`` (:data:`Arrays`);
 the engine turns it into Flower records, counts its bytes and persists client state.
 """
@@ -18,6 +22,7 @@ the engine turns it into Flower records, counts its bytes and persists client st
 from __future__ import annotations
 
 import dataclasses
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
@@ -29,13 +34,7 @@ from torch import nn
 
 from semanticfl.config import build_dataclass
 from semanticfl.models import load_numpy_state, state_to_numpy
-from semanticfl.teachers.base import (
-    AnchorRequest,
-    FeatureRequest,
-    GuidanceRequest,
-    GuidanceSet,
-    TeacherShape,
-)
+from semanticfl.teachers.base import GuidanceSet, TeacherRequests, TeacherShape
 from semanticfl.verified import Arrays
 
 if TYPE_CHECKING:
@@ -108,7 +107,8 @@ class LocalData:
     conditioned_targets: ConditionedExtractor | None = None
     """Model-dependent teacher features, extracted on demand (runs the teacher on this client)."""
     guidance: dict[str, GuidanceSet] = field(default_factory=dict)
-    """Labelled sets the server sent once (its :meth:`Algorithm.guidance_requests`), by request name."""
+    """Labelled sets the server sent once (the ``guidance`` of :meth:`Algorithm.teacher_requests`), by
+    request name."""
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -168,7 +168,7 @@ class NoParams:
 
 
 class ExperimentView(Protocol):
-    """What :meth:`Algorithm.bind` may read of the engine's experiment (built from the config)."""
+    """What :meth:`OwnsModelsAndData.bind` may read of the engine's experiment (built from the config)."""
 
     config: Any
     dataset: ImageDataset
@@ -213,26 +213,13 @@ class Algorithm:
         self.parameter_names = tuple(name for name, p in model.named_parameters() if p.requires_grad)
         return model
 
-    def feature_requests(self) -> tuple[FeatureRequest, ...]:
-        """Per-sample teacher features this algorithm reads from ``Batch.targets`` (none here)."""
-        return ()
-
-    def offload_requests(self) -> tuple[FeatureRequest, ...]:
-        """Per-sample teacher features split between client (VAE + noise) and server (U-Net), read
-        from ``Batch.targets`` like :meth:`feature_requests` (none here; see engine/exchanges.py)."""
-        return ()
-
-    def anchor_requests(self) -> tuple[AnchorRequest, ...]:
-        """Class-level teacher features the server computes once (none here)."""
-        return ()
+    def teacher_requests(self) -> TeacherRequests:
+        """What this algorithm asks of the teacher: per-sample features (extracted from client data
+        or offloaded to the server), class anchors and guidance sets (nothing here)."""
+        return TeacherRequests()
 
     def receive_anchors(self, anchors: Arrays) -> None:
-        """The engine hands over what :meth:`anchor_requests` asked for, before round 1."""
-
-    def guidance_requests(self) -> tuple[GuidanceRequest, ...]:
-        """Labelled sets the server builds once and sends to every client, read as
-        ``LocalData.guidance[name]`` (none here)."""
-        return ()
+        """The engine hands over what :meth:`teacher_requests` asked for as ``anchors``, before round 1."""
 
     def trainable_parameter_names(self) -> tuple[str, ...]:
         """The names :meth:`extend_model` recorded, or a clear error if it was never called."""
@@ -302,27 +289,7 @@ class Algorithm:
         """Arrays to upload besides the model; may update ``task.state``."""
         return {}
 
-    # ------------------------------------------------------------------ model-heterogeneous algorithms
-    # Defaults keep the engine's one-model-for-all path; FedAFD overrides them (docs/ARCHITECTURE.md).
-
-    def bind(self, experiment: ExperimentView) -> None:
-        """Called once by the engine, on server and clients, with the experiment's data and config."""
-
-    def global_model(self) -> nn.Module | None:
-        """The server's model when it is not the clients' architecture; ``None`` = ``model.name``.
-
-        Whatever it returns is the global state the engine sends, aggregates and checkpoints.
-        """
-        return None
-
-    def client_data(self, partition_id: int) -> Any | None:
-        """Client ``partition_id``'s data in the algorithm's own form (handed to :meth:`local_train`);
-        ``None`` = the engine's :class:`LocalData` of the client's partition."""
-        return None
-
-    def central_evaluation(self, model: nn.Module) -> dict[str, Any] | None:
-        """The round's central metrics of the global ``model``; ``None`` = top-1 on the test set."""
-        return None
+    # ------------------------------------------------------------------ records
 
     def round_metrics(self, updates: Sequence[ClientUpdate]) -> dict[str, Any]:
         """Extra fields of the round record computed from the clients' replies."""
@@ -372,6 +339,33 @@ class Algorithm:
             correct += int((logits.argmax(dim=1) == y).sum())
         n = max(len(labels), 1)
         return {"accuracy": 100.0 * correct / n, "loss": loss_sum / n}
+
+
+class OwnsModelsAndData(Algorithm, ABC):
+    """An algorithm that builds its own server model and client data (model-heterogeneous FL).
+
+    The engine's default is one architecture (``model.name``) for server and clients, each client
+    training on the :class:`LocalData` of its partition and the server reporting top-1 on the test
+    set. An algorithm whose clients hold different models and modalities around one server model
+    (FedAFD: image, text and image-text clients, an image-text server) subclasses this instead; the
+    engine detects it with ``isinstance`` and asks it for all three (docs/ARCHITECTURE.md).
+    """
+
+    @abstractmethod
+    def bind(self, experiment: ExperimentView) -> None:
+        """Called once by the engine, on server and clients, with the experiment's data and config."""
+
+    @abstractmethod
+    def global_model(self) -> nn.Module:
+        """The server's model: the global state the engine sends, aggregates and checkpoints."""
+
+    @abstractmethod
+    def client_data(self, partition_id: int) -> Any:
+        """Client ``partition_id``'s data in the algorithm's own form (handed to :meth:`local_train`)."""
+
+    @abstractmethod
+    def central_evaluation(self, model: nn.Module) -> dict[str, Any]:
+        """The round's central metrics of the global ``model``."""
 
 
 def weighted_average(states: Sequence[Arrays], weights: Sequence[float]) -> Arrays:

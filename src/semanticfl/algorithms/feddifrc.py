@@ -68,7 +68,7 @@ from semanticfl.algorithms.teacher_guided import (
     teacher_param_checks,
     up_block_layers,
 )
-from semanticfl.teachers.base import DEFAULT_TEMPLATE, NULL_PROMPT, FeatureRequest, class_prompts
+from semanticfl.teachers.base import DEFAULT_TEMPLATE, NULL_PROMPT, TeacherRequests, class_prompts
 
 TDCL = "feddifrc.tdcl"
 NDCR = "feddifrc.ndcr"
@@ -146,7 +146,8 @@ class FedDifRC(TeacherGuided):
         _validate(params, setup)
         super().__init__(resolve_auto_dims(params, setup, DIM_CAPS, self.name), setup)
 
-    def feature_requests(self) -> tuple[FeatureRequest, ...]:
+    def teacher_requests(self) -> TeacherRequests:
+        """TDCL's class-conditioned candidates and NDCR's null-prompt target, per client sample."""
         p = self.params
         requests = []
         if p.lambda_tdcl:
@@ -155,7 +156,7 @@ class FedDifRC(TeacherGuided):
             requests.append(
                 self.feature_request(NDCR, (VISUAL_PROMPT if p.self_supervised else NULL_PROMPT,))
             )
-        return tuple(requests)
+        return TeacherRequests(features=tuple(requests))
 
     def tdcl_prompts(self) -> tuple[str, ...]:
         """Class prompts; the self-supervised variant puts "a similar object" first."""

@@ -23,7 +23,13 @@ from torch import Tensor, nn
 
 from semanticfl.algorithms.base import Algorithm, Batch, ClientTask, LocalData, LocalSettings
 from semanticfl.algorithms.teacher_guided import require_all
-from semanticfl.teachers.base import GUIDANCE_SOURCES, GuidanceRequest, GuidanceSet, class_prompts
+from semanticfl.teachers.base import (
+    GUIDANCE_SOURCES,
+    GuidanceRequest,
+    GuidanceSet,
+    TeacherRequests,
+    class_prompts,
+)
 
 FEATURES = "features"
 SEED_RANGE = 2**62
@@ -100,9 +106,11 @@ class DataShare(Algorithm):
         require_all(checks, self.name)
         super().__init__(params, setup)
 
-    def guidance_requests(self) -> tuple[GuidanceRequest, ...]:
+    def teacher_requests(self) -> TeacherRequests:
+        """The shared set, without teacher features."""
         prompts = tuple(class_prompts(self.setup.class_names))
-        return (GuidanceRequest(self.SHARED, self.params.per_class, prompts, self.params.source),)
+        shared = GuidanceRequest(self.SHARED, self.params.per_class, prompts, self.params.source)
+        return TeacherRequests(guidance=(shared,))
 
     def begin_local(
         self, model: nn.Module, data: LocalData, task: ClientTask, settings: LocalSettings

@@ -79,6 +79,7 @@ from semanticfl.teachers.base import (
     AnchorRequest,
     FeatureRequest,
     GuidanceRequest,
+    TeacherRequests,
     class_prompts,
 )
 
@@ -161,15 +162,18 @@ class SemanticFL(TeacherGuided):
             return ()
         return (self.feature_request(TARGET, (NULL_PROMPT,)),)
 
-    def feature_requests(self) -> tuple[FeatureRequest, ...]:
-        """``local``: each sample's teacher features, extracted from the client's own data."""
-        return self.per_sample_request("local")
+    def teacher_requests(self) -> TeacherRequests:
+        """``local``: each sample's teacher features, extracted from the client's own data;
+        ``offload``: the same target, from the client's noised latents through the server's U-Net;
+        ``guidance``: the server's guidance set; class text embeddings (and anchors) in every mode."""
+        return TeacherRequests(
+            features=self.per_sample_request("local"),
+            offload=self.per_sample_request("offload"),
+            anchors=self.class_requests(),
+            guidance=self.guidance_request(),
+        )
 
-    def offload_requests(self) -> tuple[FeatureRequest, ...]:
-        """``offload``: the same target, from the client's noised latents through the server's U-Net."""
-        return self.per_sample_request("offload")
-
-    def anchor_requests(self) -> tuple[AnchorRequest, ...]:
+    def class_requests(self) -> tuple[AnchorRequest, ...]:
         """Class text embeddings always; class anchors in ``anchors`` mode."""
         prompts = self.class_prompts()
         text = AnchorRequest(TEXT, self.feature_request(TEXT, prompts), text=True)
@@ -180,7 +184,7 @@ class SemanticFL(TeacherGuided):
         )
         return (anchors, text)
 
-    def guidance_requests(self) -> tuple[GuidanceRequest, ...]:
+    def guidance_request(self) -> tuple[GuidanceRequest, ...]:
         """``guidance``: the server's class-balanced set with each image's null-prompt teacher features."""
         p = self.params
         if p.mode != "guidance":

@@ -203,7 +203,7 @@ def cmd_features(args: argparse.Namespace) -> int:
 
     source, overrides = split_items(args.items)
     experiment = Experiment(load_config(source, overrides))
-    if not experiment.algorithm.feature_requests():
+    if not experiment.algorithm.teacher_requests().features:
         raise UserError(
             f"algorithm '{experiment.config.algorithm.name}' uses no teacher features; "
             "choose a teacher-guided one, e.g. algorithm.name=feddifrc"

@@ -30,12 +30,12 @@ def preflight(experiment: Experiment) -> None:
     """Fail on bad input (dataset, partition, model, algorithm, teacher) before writing anything;
     extract the algorithm's teacher features once, before any client starts."""
     check_inputs(experiment)
-    if experiment.algorithm.feature_requests():
+    requests = experiment.algorithm.teacher_requests()
+    if requests.features:
         extract_features(experiment)
-    algorithm = experiment.algorithm
-    if algorithm.anchor_requests():
-        algorithm.receive_anchors(experiment.teacher_targets.anchors(algorithm.anchor_requests()))
-    if algorithm.guidance_requests():
+    if requests.anchors:
+        experiment.algorithm.receive_anchors(experiment.teacher_targets.anchors(requests.anchors))
+    if requests.guidance:
         experiment.teacher_targets.progress = sys.stderr.isatty()
         _ = experiment.guidance_arrays
 
@@ -67,7 +67,7 @@ def extract_features(experiment: Experiment) -> list[str]:
     """Fill the feature store for every teacher request; one line per entry (size, time, rate)."""
     targets = experiment.teacher_targets
     targets.progress = sys.stderr.isatty()
-    requests = experiment.algorithm.feature_requests()
+    requests = experiment.algorithm.teacher_requests().features
     lines = [
         f"{request.name}: conditioned on the client model, so each client extracts it every round "
         f"({request.per_sample_shape()} per sample, PCA fitted on the public split; not cached)"

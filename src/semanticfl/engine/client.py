@@ -63,7 +63,8 @@ def send_noised_latents(message: Message, context: Context) -> Message:
     """SemanticFL ``offload``: this client's VAE latents noised to ``t`` (see engine/exchanges.py)."""
     experiment = _experiment(message)
     index = experiment.partitions[partition_id_of(context)]
-    noised = experiment.teacher_targets.noised_latents(experiment.algorithm.offload_requests(), index)
+    requests = experiment.algorithm.teacher_requests().offload
+    noised = experiment.teacher_targets.noised_latents(requests, index)
     return Message(RecordDict({records.EXTRA: records.to_record(noised)}), reply_to=message)
 
 

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from semanticfl.algorithms import Algorithm, AlgorithmSetup, build_algorithm
-from semanticfl.algorithms.base import Arrays, LocalData, LocalSettings, TargetReader
+from semanticfl.algorithms.base import Arrays, LocalData, LocalSettings, OwnsModelsAndData, TargetReader
 from semanticfl.config import Config, config_from_dict
 from semanticfl.data.datasets import ImageDataset, images_to_tensor, load_image_dataset
 from semanticfl.data.partition import PartitionSpec, partition_indices
@@ -100,20 +100,18 @@ class Experiment:
         ``offloaded``: the teacher features the server computed for it (``offload`` requests);
         ``guidance``: the guidance set the server sent (``guidance`` requests)."""
         self.check_partition_id(partition_id)
-        own = self.algorithm.client_data(partition_id)
-        if own is not None:
-            return own
+        if isinstance(self.algorithm, OwnsModelsAndData):
+            return self.algorithm.client_data(partition_id)
         index = self.partitions[partition_id]
-        requests = self.algorithm.feature_requests()
-        conditioned = any(request.conditioned for request in requests)
+        requests = self.algorithm.teacher_requests()
         return LocalData(
             images=images_to_tensor(self.dataset.train_images, index),
             labels=torch.from_numpy(np.array(self.dataset.train_labels[index], dtype=np.int64)),
             transform=self.train_transform(),
             targets=self.target_reader(index, offloaded),
             conditioned_targets=(
-                self.teacher_targets.conditioned_extractor(requests, index, self.eval_transform())
-                if conditioned
+                self.teacher_targets.conditioned_extractor(requests.features, index, self.eval_transform())
+                if requests.conditioned
                 else None
             ),
             guidance=self.received_guidance(guidance),
@@ -121,14 +119,14 @@ class Experiment:
 
     def target_reader(self, index: np.ndarray, offloaded: Arrays | None) -> TargetReader | None:
         """Per-sample teacher targets: from the feature store, or offloaded to the server."""
-        if self.algorithm.offload_requests():
+        requests = self.algorithm.teacher_requests()
+        if requests.offload:
             return held_rows_reader(offloaded, "offloaded teacher features", "offload")
-        requests = self.algorithm.feature_requests()
-        return self.teacher_targets.reader(requests, index) if requests else None
+        return self.teacher_targets.reader(requests.features, index) if requests.features else None
 
     def received_guidance(self, guidance: Arrays | None) -> dict[str, GuidanceSet]:
         """The guidance sets the server sent this client, by request name."""
-        requests = self.algorithm.guidance_requests()
+        requests = self.algorithm.teacher_requests().guidance
         if requests and not guidance:
             raise UserError(missing_exchange("guidance set", "guidance"))
         return {request.name: GuidanceSet.from_arrays(guidance, request.name) for request in requests}
@@ -151,7 +149,7 @@ class Experiment:
     def guidance_arrays(self) -> Arrays:
         """Server side: every guidance set of the algorithm, built (or read from the cache) once."""
         arrays: Arrays = {}
-        for request in self.algorithm.guidance_requests():
+        for request in self.algorithm.teacher_requests().guidance:
             arrays.update(guidance_set(self.teacher_targets, request).arrays(request.name))
         return arrays
 
@@ -176,7 +174,7 @@ class Experiment:
         ``val_accuracy`` is measured on images no client trained on."""
         shared = [
             self.teacher_targets.public_class_samples(request.per_class, self.dataset.num_classes).reshape(-1)
-            for request in self.algorithm.guidance_requests()
+            for request in self.algorithm.teacher_requests().guidance
             if request.source == "public"
         ]
         return np.setdiff1d(self.holdout_indices, np.concatenate(shared)) if shared else self.holdout_indices
@@ -202,7 +200,8 @@ class Experiment:
             teacher_shape=lambda: teacher_shape(c.teacher, self.dataset.name),
         )
         algorithm = build_algorithm(c.algorithm.name, c.algorithm_params(), setup)
-        algorithm.bind(self)
+        if isinstance(algorithm, OwnsModelsAndData):
+            algorithm.bind(self)
         return algorithm
 
     def build_model(self) -> nn.Module:
@@ -210,8 +209,9 @@ class Experiment:
         ds = self.dataset
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.config.experiment.seed)
-            model = self.algorithm.global_model()
-            if model is None:
+            if isinstance(self.algorithm, OwnsModelsAndData):
+                model = self.algorithm.global_model()
+            else:
                 model = build_model(self.config.model.name, ds.num_classes, ds.in_channels, ds.image_size)
             model = self.algorithm.extend_model(model)
         engine = self.config.engine

@@ -23,7 +23,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
-from semanticfl.algorithms.base import Arrays, ClientUpdate, load_arrays
+from semanticfl.algorithms.base import Arrays, ClientUpdate, OwnsModelsAndData, load_arrays
 from semanticfl.config import clients_per_round
 from semanticfl.engine import exchanges, records
 from semanticfl.engine.audit import AuditingGrid
@@ -73,8 +73,9 @@ class FederatedServer:
         self.run_dir = run_dir
         self.config_toml = config_toml
         self.algorithm = experiment.algorithm
-        if self.algorithm.anchor_requests():
-            self.algorithm.receive_anchors(experiment.teacher_targets.anchors(self.algorithm.anchor_requests()))
+        anchors = self.algorithm.teacher_requests().anchors
+        if anchors:
+            self.algorithm.receive_anchors(experiment.teacher_targets.anchors(anchors))
         self.eval_model = experiment.build_model()
         self.global_arrays: Arrays = state_to_numpy(self.eval_model)
         self.rounds: list[dict[str, Any]] = []
@@ -129,15 +130,15 @@ class FederatedServer:
     def run_one_time_exchanges(self, grid: Grid, nodes: dict[int, int]) -> None:
         """Before the first round (of this process): SemanticFL's offload and the guidance sets."""
         timeout, content = self.config.train.client_timeout_s, lambda: self._content(0)
-        requests = self.algorithm.offload_requests()
-        if requests:
+        requests = self.algorithm.teacher_requests()
+        if requests.offload:
             targets = self.experiment.teacher_targets
 
             def features_of(noised: Arrays) -> Arrays:
-                return targets.features_of_noised(requests, noised)
+                return targets.features_of_noised(requests.offload, noised)
 
             exchanges.offload(grid, nodes, content, features_of, timeout, self.one_time)
-        if self.algorithm.guidance_requests():
+        if requests.guidance:
             guidance = self.experiment.guidance_arrays
             exchanges.send_guidance(grid, nodes, content, guidance, timeout, self.one_time)
 
@@ -263,9 +264,9 @@ class FederatedServer:
         if not e.central or (round_number % e.every and round_number != self.config.train.rounds):
             return {"test_accuracy": None, "test_loss": None}
         load_arrays(self.eval_model, self.global_arrays)
-        with server_threads():
-            own = self.algorithm.central_evaluation(self.eval_model)
-        if own is not None:
+        if isinstance(self.algorithm, OwnsModelsAndData):
+            with server_threads():
+                own = self.algorithm.central_evaluation(self.eval_model)
             return {"test_accuracy": None, "test_loss": None, **own}
         transform = self.experiment.eval_transform()
         device = self.config.engine.device

@@ -197,6 +197,27 @@ class GuidanceRequest:
 
 
 @dataclass(frozen=True)
+class TeacherRequests:
+    """Everything an algorithm asks of the teacher, by where it is computed (all empty: no teacher)."""
+
+    features: tuple[FeatureRequest, ...] = ()
+    """Per-sample features of each client's own data, read from ``Batch.targets`` (the conditioned
+    ones from ``LocalData.conditioned_targets``)."""
+    offload: tuple[FeatureRequest, ...] = ()
+    """Per-sample features split between client (VAE + noise) and server (U-Net), read from
+    ``Batch.targets`` like ``features`` (see engine/exchanges.py)."""
+    anchors: tuple[AnchorRequest, ...] = ()
+    """Class-level features the server computes once, handed to the algorithm before round 1."""
+    guidance: tuple[GuidanceRequest, ...] = ()
+    """Labelled sets the server builds once and sends to every client (``LocalData.guidance``)."""
+
+    @property
+    def conditioned(self) -> bool:
+        """Whether some per-sample request is conditioned on the client model (extracted on the client)."""
+        return any(request.conditioned for request in self.features)
+
+
+@dataclass(frozen=True)
 class GuidanceSet:
     """What a :class:`GuidanceRequest` delivers: images as the dataset stores them, labels, features."""
 

@@ -14,13 +14,13 @@ import torch
 from torch import Tensor, nn
 
 from semanticfl.algorithms.base import (
-    Algorithm,
     AlgorithmSetup,
     Arrays,
     ClientTask,
     ClientUpdate,
     ExperimentView,
     LocalSettings,
+    OwnsModelsAndData,
     load_arrays,
 )
 from semanticfl.algorithms.fedafd.client import OPTIMIZER_STATE, AdversarialAlignment, LocalModel, LocalTask
@@ -90,8 +90,11 @@ def check_path(name: str, value: str, kind: str, what: str) -> None:
         raise UserError(f"algorithm.fedafd.{name}={value!r} {found} (expected {what})")
 
 
-class FedAFD(Algorithm):
-    """FedAFD on the class-level image-text benchmark or the paper's sets; see the package docstring."""
+class FedAFD(OwnsModelsAndData):
+    """FedAFD on the class-level image-text benchmark or the paper's sets; see the package docstring.
+
+    Its clients hold image, text or image-text models around an image-text server model, so it
+    builds the models and the client data itself (:class:`OwnsModelsAndData`)."""
 
     name = "fedafd"
     Params = FedAFDParams
