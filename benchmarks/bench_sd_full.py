@@ -115,8 +115,8 @@ def requests(folder: Path, class_names: tuple[str, ...]):
     """FedDifRC's (TDCL, NDCR) and SemanticFL's local-mode target, with the dims ``auto`` reads from ``folder``."""
     shape = stable_diffusion_shape(str(folder))
     setup = AlgorithmSetup(len(class_names), class_names, num_clients=10, seed=0, teacher_shape=lambda: shape)
-    tdcl, ndcr = build_algorithm("feddifrc", {}, setup).feature_requests()
-    (target,) = build_algorithm("semanticfl", {"mode": "local"}, setup).feature_requests()
+    tdcl, ndcr = build_algorithm("feddifrc", {}, setup).teacher_requests().features
+    (target,) = build_algorithm("semanticfl", {"mode": "local"}, setup).teacher_requests().features
     return shape, tdcl, ndcr, target
 
 

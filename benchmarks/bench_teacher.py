@@ -70,8 +70,8 @@ def throughput(args: argparse.Namespace) -> None:
 def epoch_seconds(experiment: Experiment, data: LocalData, repeats: int) -> float:
     """Best of ``repeats`` local epochs (one warm-up) of the experiment's algorithm on ``data``."""
     algorithm, settings = experiment.algorithm, experiment.local_settings()
-    if algorithm.anchor_requests():
-        algorithm.receive_anchors(experiment.teacher_targets.anchors(algorithm.anchor_requests()))
+    if algorithm.teacher_requests().anchors:
+        algorithm.receive_anchors(experiment.teacher_targets.anchors(algorithm.teacher_requests().anchors))
     task = ClientTask(round=1, payload=algorithm.server_payload({}, 1))
     times = []
     for attempt in range(repeats + 1):
@@ -151,7 +151,7 @@ def per_sample_targets(experiment: Experiment, rows: np.ndarray) -> dict:
     """Statistics of every cached per-sample request of the experiment's algorithm, on pool ``rows``."""
     labels = np.asarray(experiment.dataset.train_labels)[experiment.client_pool[rows]]
     out = {}
-    for name, entry in experiment.teacher_targets.pool_entries(experiment.algorithm.feature_requests()).items():
+    for name, entry in experiment.teacher_targets.pool_entries(experiment.algorithm.teacher_requests().features).items():
         values = entry.take(FUSED, rows)
         if values.ndim == 3:  # TDCL: N×C candidates; the true class's, and how alike an image's are
             candidates = values.astype(np.float32)
@@ -164,7 +164,7 @@ def per_sample_targets(experiment: Experiment, rows: np.ndarray) -> dict:
 
 def anchor_cosines(experiment: Experiment) -> dict:
     """Mean and largest cosine between two classes' SemanticFL anchors."""
-    anchors = experiment.teacher_targets.anchors(experiment.algorithm.anchor_requests())["semanticfl.anchors"]
+    anchors = experiment.teacher_targets.anchors(experiment.algorithm.teacher_requests().anchors)["semanticfl.anchors"]
     cos = anchors @ anchors.T
     off = cos[~np.eye(len(cos), dtype=bool)]
     return {"mean": float(off.mean()), "max": float(off.max())}

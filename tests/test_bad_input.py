@@ -387,6 +387,8 @@ def test_numbers_outside_their_range_are_rejected_and_inside_accepted(data):
         "engine.device=gpu",
         "engine.device=CPU",
         "engine.device=",
+        "engine.precision=fp16",
+        "engine.precision=BF16",
         "experiment.name=a/b",
         "experiment.name=..",
         "experiment.name=.",

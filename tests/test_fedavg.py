@@ -56,11 +56,13 @@ def test_unknown_hyperparameter_is_rejected():
 
 
 
-def _train_once(seed):
+def _train_once(seed, precision="fp32", channels_last=False):
     torch.manual_seed(0)
     model = build_model("cnn", 3, in_channels=1, image_size=16)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
     fedavg = build_algorithm("fedavg", {}, SETUP)
-    settings = LocalSettings(epochs=2, batch_size=16, lr=0.1, momentum=0.9, weight_decay=0.0)
+    settings = LocalSettings(epochs=2, batch_size=16, lr=0.1, momentum=0.9, weight_decay=0.0, precision=precision)
     return fedavg.local_train(model, striped_local_data(n=48), ClientTask(round=1), settings, torch.Generator().manual_seed(seed))
 
 
@@ -71,6 +73,24 @@ def test_local_train_is_deterministic_for_a_seed_and_counts_steps():
     for key in first.arrays:
         np.testing.assert_array_equal(first.arrays[key], second.arrays[key])
     assert any(not np.array_equal(first.arrays[k], other.arrays[k]) for k in first.arrays)
+
+
+def _max_difference(first, second):
+    return max(float(np.abs(first.arrays[k] - second.arrays[k]).max()) for k in first.arrays)
+
+
+def test_bf16_precision_trains_in_autocast_and_stays_near_fp32():
+    fp32, bf16, bf16_again = _train_once(1), _train_once(1, "bf16"), _train_once(1, "bf16")
+    assert all(a.dtype == np.float32 for a in bf16.arrays.values())  # the weights stay fp32
+    assert 1e-4 < _max_difference(fp32, bf16) < 0.05  # bf16 rounding moves them, a little
+    assert _max_difference(bf16, bf16_again) == 0.0
+    assert abs(fp32.metrics["train_loss"] - bf16.metrics["train_loss"]) < 0.02
+
+
+def test_channels_last_model_trains_to_the_same_weights_up_to_rounding():
+    nchw, nhwc = _train_once(1), _train_once(1, channels_last=True)
+    assert _max_difference(nchw, nhwc) < 1e-5
+    assert all(a.flags["C_CONTIGUOUS"] for a in nhwc.arrays.values())  # what travels is plain NCHW
 
 
 def test_local_train_moves_the_model_and_fits_the_data():

@@ -64,8 +64,9 @@ class PartitionConfig:
     classes_per_client: int = 2
     class_assignment: str = "deterministic"
     """How ``pathological`` picks each client's classes: ``deterministic`` (k consecutive classes, from
-    p mod C for client p when num_clients >= C), ``random`` (k drawn without replacement, NIID-Bench's
-    draw) or ``first-deterministic`` (class p mod C, then k - 1 drawn); draws use experiment.seed."""
+    p mod C for client p when num_clients >= C), ``random`` (k drawn without replacement; a class no client
+    draws is left out) or ``first-deterministic`` (class p mod C, then k - 1 drawn: NIID-Bench's
+    ``noniid-#label`` code); draws use experiment.seed."""
     shards_per_client: int = 2
     quantity_alpha: float = 0.5
     imbalance_factor: float = 1.0

@@ -61,8 +61,8 @@ class PartitionSpec:
     alpha: Dirichlet concentration of each class over clients ("dirichlet").
     classes_per_client: exact number of classes per client ("pathological", #C=k).
     class_assignment: how "pathological" picks each client's k classes: "deterministic" (k consecutive
-        classes, see ``_pathological_parts``), "random" (k drawn without replacement, NIID-Bench's draw) or
-        "first-deterministic" (class p mod C, then k - 1 drawn); the draws use ``seed``.
+        classes, see ``_pathological_parts``), "random" (k drawn without replacement) or
+        "first-deterministic" (class p mod C, then k - 1 drawn: NIID-Bench's code); the draws use ``seed``.
     shards_per_client: label-sorted shards dealt to each client ("shards").
     quantity_alpha: Dirichlet concentration over client sizes, labels IID ("quantity").
     imbalance_factor: long-tail ratio n_max / n_min applied before partitioning (1 = off).
