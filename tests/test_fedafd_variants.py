@@ -5,13 +5,12 @@ state's files."""
 from __future__ import annotations
 
 import math
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 
-from semanticfl.algorithms.base import AlgorithmSetup, LocalSettings, load_arrays
+from semanticfl.algorithms.base import Algorithm, AlgorithmSetup, LocalSettings, NoParams, load_arrays
 from semanticfl.algorithms.fedafd import (
     VARIANTS,
     AdamP,
@@ -19,8 +18,10 @@ from semanticfl.algorithms.fedafd import (
     Discriminator,
     FedAFD,
     FedAFDParams,
+    FedAFDRunSettings,
     GranularityFusion,
     LocalModel,
+    LocalTask,
     decayed_lr,
     discriminator_loss,
     distillation_loss,
@@ -139,7 +140,8 @@ def test_lr_decays_at_half_and_four_fifths_of_the_rounds():
 
 def test_image_and_text_clients_decay_and_pair_clients_keep_their_lr():
     algorithm = FedAFD(FedAFDParams(variant="code"), AlgorithmSetup(10, tuple("abcdefghij"), 10, 0))
-    algorithm.experiment = SimpleNamespace(config=SimpleNamespace(train=SimpleNamespace(rounds=10)))
+    algorithm.run = FedAFDRunSettings(dataset="cifar10", seed=0, train_fraction=1.0, rounds=10, device="cpu",
+                                      server=LocalSettings(1, 4, 0.05, 0.9, 0.0))  # no experiment: only `run` is read
     settings = LocalSettings(epochs=2, batch_size=4, lr=0.05, momentum=0.9, weight_decay=0.0)
     assert algorithm.encoder_settings(settings, 6, "image").lr == pytest.approx(0.005)
     assert algorithm.encoder_settings(settings, 9, "text").lr == pytest.approx(0.0005)
@@ -163,12 +165,13 @@ def _text_client(params: FedAFDParams) -> tuple[LocalModel, MultimodalClientData
 
 
 SETTINGS = LocalSettings(epochs=1, batch_size=4, lr=0.05, momentum=0.0, weight_decay=0.0)  # stateless encoder SGD
+MAKE_OPTIMIZER = Algorithm(NoParams(), AlgorithmSetup(2, ("a", "b"), 1, 0)).make_optimizer
 
 
 def test_d_adam_state_is_kept_across_two_rounds_and_through_the_client_state_files(tmp_path):
     params = FedAFDParams(variant="code", feature_dim=DIM)
     local, data, payload = _text_client(params)
-    first = AdversarialAlignment(local, params, "text", payload, SETTINGS, SETTINGS, {})
+    first = AdversarialAlignment(local, params, "text", payload, SETTINGS, SETTINGS, {}, make_optimizer=MAKE_OPTIMIZER)
     first.run_pass(data, 4, torch.Generator().manual_seed(1))
     state = {**state_to_numpy(local), **first.state()}
     assert state[OPTIMIZER_STATE + "discriminator.0.step"].tolist() == [2.0]  # 2 batches of 4
@@ -179,7 +182,7 @@ def test_d_adam_state_is_kept_across_two_rounds_and_through_the_client_state_fil
 
     resumed, _, _ = _text_client(params)
     load_arrays(resumed, without(saved, OPTIMIZER_STATE))
-    second = AdversarialAlignment(resumed, params, "text", payload, SETTINGS, SETTINGS, saved)
+    second = AdversarialAlignment(resumed, params, "text", payload, SETTINGS, SETTINGS, saved, make_optimizer=MAKE_OPTIMIZER)
     adam = second.d_optimizer.state[resumed.d_intra.net[0].weight]
     assert adam["step"].item() == 2.0
     np.testing.assert_array_equal(adam["exp_avg"].numpy(), state[OPTIMIZER_STATE + "discriminator.0.exp_avg"])
@@ -192,10 +195,68 @@ def test_d_adam_state_is_kept_across_two_rounds_and_through_the_client_state_fil
         assert torch.equal(value, resumed.d_intra.state_dict()[name]), name
 
 
+class RecordingFactory:
+    """A ``make_optimizer`` that records what it was asked for and builds the shared SGD."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[list[torch.nn.Parameter], LocalSettings]] = []
+
+    def __call__(self, module: torch.nn.Module, settings: LocalSettings) -> torch.optim.Optimizer:
+        self.calls.append((list(module.parameters()), settings))
+        return MAKE_OPTIMIZER(module, settings)
+
+
+def _same(parameters: list[torch.nn.Parameter], expected: list[torch.nn.Parameter]) -> bool:
+    return len(parameters) == len(expected) and all(a is b for a, b in zip(parameters, expected))
+
+
+def test_every_sgd_of_a_client_comes_from_make_optimizer():
+    """BAA's D (no weight decay) and encoders, and the task's encoders, are the algorithm's
+    ``make_optimizer`` of exactly those parameters, in order; only the code's Adams are not."""
+    settings = LocalSettings(epochs=1, batch_size=4, lr=0.05, momentum=0.9, weight_decay=1e-5)
+    encoder = LocalSettings(epochs=1, batch_size=4, lr=0.005, momentum=0.9, weight_decay=1e-5)
+    params = FedAFDParams(feature_dim=DIM)
+    local, _, payload = _text_client(params)
+    factory = RecordingFactory()
+    baa = AdversarialAlignment(local, params, "text", payload, settings, encoder, {}, make_optimizer=factory)
+    task = LocalTask(local, params, "text", encoder, make_optimizer=factory)
+    (d_params, d_settings), (e_params, e_settings), (t_params, t_settings) = factory.calls
+    assert _same(d_params, local.discriminator_parameters()) and d_settings == LocalSettings(1, 4, 0.05, 0.9, 0.0)
+    assert _same(e_params, local.encoder_parameters()) and e_settings is encoder
+    assert _same(t_params, local.encoder_parameters()) and t_settings is encoder
+    for optimizer, lr, decay in ((baa.d_optimizer, 0.05, 0.0), (baa.e_optimizer, 0.005, 1e-5), (task.optimizers[0], 0.005, 1e-5)):
+        assert isinstance(optimizer, torch.optim.SGD)
+        assert {k: optimizer.defaults[k] for k in ("lr", "momentum", "weight_decay")} == {"lr": lr, "momentum": 0.9, "weight_decay": decay}
+
+    code = FedAFDParams(variant="code", feature_dim=DIM)
+    local, _, payload = _text_client(code)
+    factory = RecordingFactory()
+    baa = AdversarialAlignment(local, code, "text", payload, settings, encoder, {}, make_optimizer=factory)
+    task = LocalTask(local, code, "text", encoder, make_optimizer=factory)
+    assert [len(p) for p, _ in factory.calls] == [len(local.encoder_parameters()), len(local.encoder_parameters(with_gates=False))]
+    assert isinstance(baa.d_optimizer, torch.optim.Adam) and baa.d_optimizer.defaults["lr"] == code.discriminator_lr
+    gates = task.optimizers[1]
+    assert isinstance(gates, torch.optim.Adam) and _same(gates.param_groups[0]["params"], local.gate_parameters())
+    assert (gates.defaults["lr"], gates.defaults["weight_decay"]) == (code.gff_lr, code.gff_weight_decay)
+
+
+def test_bind_reads_the_config_once_into_run_settings():
+    from semanticfl.config import load_config
+    from semanticfl.engine.experiment import Experiment
+
+    config = load_config("multimodal_cifar10", ["train.rounds=7", "train.lr=0.02", "algorithm.fedafd.server_epochs=3"])
+    run = Experiment(config).algorithm.run
+    assert run == FedAFDRunSettings.from_config(config, 3)
+    assert (run.dataset, run.seed, run.train_fraction, run.rounds, run.device) == ("cifar10", 0, 0.1, 7, "cpu")
+    assert run.server == LocalSettings(3, 64, 0.02, 0.9, 1e-5, "cpu")
+    with pytest.raises(AttributeError):
+        run.rounds = 8  # frozen
+
+
 def test_the_paper_keeps_no_optimizer_state():
     params = FedAFDParams(feature_dim=DIM)
     local, data, payload = _text_client(params)
-    baa = AdversarialAlignment(local, params, "text", payload, SETTINGS, SETTINGS, {})
+    baa = AdversarialAlignment(local, params, "text", payload, SETTINGS, SETTINGS, {}, make_optimizer=MAKE_OPTIMIZER)
     baa.run_pass(data, 4, torch.Generator().manual_seed(1))
     assert isinstance(baa.d_optimizer, torch.optim.SGD) and baa.state() == {}
 
@@ -256,7 +317,7 @@ def _pair_client(switch: bool) -> tuple[LocalModel, MultimodalClientData, dict, 
     spec = ClientSpec("pair", "resnet10", "bow")
     images = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     public = ModalData(torch.arange(8) % 2, images=images, tokens=tokenizer.encode(SENTENCES))
-    to_float = lambda x, _generator: x.float() / 255  # noqa: E731
+    to_float = lambda x, _generator: x.float() / 255
     data = MultimodalClientData(0, spec, public, public, public, to_float, to_float)
     payload = {f"public_{m}": np.random.default_rng(1).normal(size=(8, DIM)).astype(np.float32) for m in ("image", "text")}
     return LocalModel(spec, params, 0, tokenizer, (3, 32)), data, payload, params
@@ -266,7 +327,7 @@ def _pair_client(switch: bool) -> tuple[LocalModel, MultimodalClientData, dict, 
 def test_pair_baa_batchnorm_only_moves_nothing_but_batchnorm(switch):
     local, data, payload, params = _pair_client(switch)
     before = {name: p.detach().clone() for name, p in local.named_parameters() if not name.startswith("d_")}
-    AdversarialAlignment(local, params, "pair", payload, SETTINGS, SETTINGS, {}).run_pass(data, 4, torch.Generator().manual_seed(1))
+    AdversarialAlignment(local, params, "pair", payload, SETTINGS, SETTINGS, {}, make_optimizer=MAKE_OPTIMIZER).run_pass(data, 4, torch.Generator().manual_seed(1))
     moved = {name for name, p in local.named_parameters() if name in before and not torch.equal(p, before[name])}
     batchnorm = {f"{module_name}.{name}" for module_name, module in local.named_modules()
                  if isinstance(module, torch.nn.BatchNorm2d) for name, _ in module.named_parameters()}

@@ -60,7 +60,7 @@ then ``train.local_epochs`` epochs of the local task, and client models, discrim
 persist in the client state while their optimisers are re-created each round.
 """
 
-from semanticfl.algorithms.fedafd.algorithm import PAPER_PATHS, FedAFD, check_path
+from semanticfl.algorithms.fedafd.algorithm import PAPER_PATHS, FedAFD, FedAFDRunSettings, check_path
 from semanticfl.algorithms.fedafd.client import AdversarialAlignment, LocalModel, LocalTask
 from semanticfl.algorithms.fedafd.optim import AdamP, decayed_lr, load_optimizer_arrays, optimizer_arrays
 from semanticfl.algorithms.fedafd.params import VARIANTS, FedAFDParams
@@ -78,6 +78,7 @@ from semanticfl.algorithms.fedafd.parts import (
 
 __all__ = [
     "PAPER_PATHS", "VARIANTS", "AdamP", "AdversarialAlignment", "Discriminator", "FedAFD", "FedAFDParams",
+    "FedAFDRunSettings",
     "GranularityFusion", "LocalModel", "LocalTask", "batchnorm_parameters", "check_path", "creamfl_weights",
     "decayed_lr", "discriminator_loss", "distillation_loss", "encoder_adversarial_loss", "ensemble",
     "load_optimizer_arrays", "optimizer_arrays", "sed_weights",

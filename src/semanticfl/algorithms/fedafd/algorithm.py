@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -72,6 +73,42 @@ _DISTILL_STATE = "distill_optimizer."
 _DIAGNOSTICS = ("baa_grad_norm", "task_grad_norm")
 
 
+# --------------------------------------------------------------------------- settings
+
+
+@dataclass(frozen=True)
+class FedAFDRunSettings:
+    """What FedAFD reads of the experiment's config, read once in :meth:`FedAFD.bind` (the rest of
+    the config is never kept)."""
+
+    dataset: str
+    """``data.dataset``: whose classes' sentences the class-level benchmark pairs."""
+    seed: int
+    """``experiment.seed``: the benchmark's draws (sentence splits, pairing, test subsets)."""
+    train_fraction: float
+    """``data.train_fraction``: the share of each client set the paper benchmark keeps."""
+    rounds: int
+    """``train.rounds``: where the encoder lr decays (``lr_decay_at`` fractions of it)."""
+    device: str
+    """``engine.device``: where the server model trains and is evaluated."""
+    server: LocalSettings
+    """The server's training on the public pairs: ``server_epochs`` at ``[train]``'s batch size, lr,
+    momentum and weight decay, on ``device`` -- what :meth:`FedAFD.make_optimizer` builds its SGD
+    from."""
+
+    @classmethod
+    def from_config(cls, config: Any, server_epochs: int) -> FedAFDRunSettings:
+        t, device = config.train, config.engine.device
+        return cls(
+            dataset=config.data.dataset,
+            seed=config.experiment.seed,
+            train_fraction=config.data.train_fraction,
+            rounds=t.rounds,
+            device=device,
+            server=LocalSettings(server_epochs, t.batch_size, t.lr, t.momentum, t.weight_decay, device),
+        )
+
+
 # --------------------------------------------------------------------------- paths
 
 
@@ -94,7 +131,15 @@ class FedAFD(OwnsModelsAndData):
     """FedAFD on the class-level image-text benchmark or the paper's sets; see the package docstring.
 
     Its clients hold image, text or image-text models around an image-text server model, so it
-    builds the models and the client data itself (:class:`OwnsModelsAndData`)."""
+    builds the models and the client data itself (:class:`OwnsModelsAndData`).
+
+    Every SGD of ``[train]``'s settings -- the server's retrieval epochs (and a separate distillation
+    pass with ``distill_optimizer = "train"``), a client's encoders in BAA and in its task, and its
+    discriminators with ``discriminator_optimizer = "sgd"`` -- is built by :meth:`make_optimizer`
+    from a :class:`LocalSettings`. Three optimisers are not, since the public code specifies other
+    optimisers with their own hyperparameters: the discriminators' Adam (``discriminator_lr``), the
+    GFF gates' Adam (``gff_lr`` / ``gff_weight_decay``) and the distillation pass's AdamP
+    (``distill_lr``); see docs/ALGORITHMS.md."""
 
     name = "fedafd"
     Params = FedAFDParams
@@ -106,6 +151,9 @@ class FedAFD(OwnsModelsAndData):
         """The separate distillation pass's AdamP state (server state, in every checkpoint)."""
 
     def bind(self, experiment: ExperimentView) -> None:
+        """Check the config, parse the client layout and read the settings FedAFD needs into
+        :attr:`run`; ``experiment`` is kept for its data (dataset, partitions, transforms), built
+        lazily on first use, and its config is not read again."""
         p, config = self.params, experiment.config
         if p.benchmark == "paper":
             self._check_paper_settings(config)
@@ -118,6 +166,7 @@ class FedAFD(OwnsModelsAndData):
         self.specs = [parse_client_spec(entry, f"algorithm.fedafd.clients[{i}]") for i, entry in enumerate(p.clients)]
         parse_client_spec(f"image:{p.server_image}", "algorithm.fedafd.server_image")
         parse_client_spec(f"text:{p.server_text}", "algorithm.fedafd.server_text")
+        self.run = FedAFDRunSettings.from_config(config, p.server_epochs)
         self.experiment = experiment
 
     @staticmethod
@@ -148,14 +197,14 @@ class FedAFD(OwnsModelsAndData):
         return self._paper_benchmark() if self.params.benchmark == "paper" else self._class_level_benchmark()
 
     def _class_level_benchmark(self) -> MultimodalBenchmark:
-        e, p = self.experiment, self.params
+        e, p, run = self.experiment, self.params, self.run
         text = split_class_text(
-            class_sentences(e.config.data.dataset, tuple(e.dataset.classes)),
-            p.text_public_fraction, p.text_test_fraction, p.max_sentences_per_class, e.config.experiment.seed,
+            class_sentences(run.dataset, tuple(e.dataset.classes)),
+            p.text_public_fraction, p.text_test_fraction, p.max_sentences_per_class, run.seed,
         )
         return class_level_benchmark(
             e.dataset, e.partitions, e.holdout_indices, [s.kind for s in self.specs], text,
-            seed=e.config.experiment.seed, test_size=p.test_size, max_vocabulary=p.max_vocabulary,
+            seed=run.seed, test_size=p.test_size, max_vocabulary=p.max_vocabulary,
         )
 
     def _paper_benchmark(self) -> MultimodalBenchmark:
@@ -177,7 +226,7 @@ class FedAFD(OwnsModelsAndData):
             public_pairs=p.public_pairs,
             server_test_images=p.server_test_images,
             flickr_test_images=p.flickr_test_images,
-            seed=e.config.experiment.seed, train_fraction=e.config.data.train_fraction, test_size=p.test_size,
+            seed=self.run.seed, train_fraction=self.run.train_fraction, test_size=p.test_size,
             max_vocabulary=p.max_vocabulary,
         )
 
@@ -232,9 +281,10 @@ class FedAFD(OwnsModelsAndData):
             local.reset_gates(self._stream_seed(data.partition_id, task.round, _GATE_STREAM))
         global_model = model.eval().requires_grad_(False)
         encoder_settings = self.encoder_settings(settings, task.round, kind)
-        baa = (AdversarialAlignment(local, p, kind, task.payload, settings, encoder_settings, task.state)
+        baa = (AdversarialAlignment(local, p, kind, task.payload, settings, encoder_settings, task.state,
+                                    make_optimizer=self.make_optimizer)
                if p.collaborate and p.baa else None)
-        local_task = LocalTask(local, p, kind, encoder_settings)
+        local_task = LocalTask(local, p, kind, encoder_settings, make_optimizer=self.make_optimizer)
         for epoch in range(settings.epochs):
             if baa is not None and (p.baa_every_epoch or epoch == 0):
                 for _ in range(p.baa_epochs):
@@ -255,7 +305,7 @@ class FedAFD(OwnsModelsAndData):
         if kind == "pair":
             return settings
         p = self.params
-        lr = decayed_lr(settings.lr, round_number, self.experiment.config.train.rounds, p.lr_decay_at, p.lr_decay_factor)
+        lr = decayed_lr(settings.lr, round_number, self.run.rounds, p.lr_decay_at, p.lr_decay_factor)
         return dataclasses.replace(settings, lr=lr)
 
     def _stream_seed(self, *keys: int) -> int:
@@ -296,11 +346,11 @@ class FedAFD(OwnsModelsAndData):
     def _server_model(self, global_arrays: Arrays) -> ImageTextModel:
         model = self.global_model()
         load_arrays(model, global_arrays)
-        return model.to(self.experiment.config.engine.device)
+        return model.to(self.run.device)
 
     def global_public_features(self, model: ImageTextModel) -> dict[str, Tensor]:
         """``i_g, t_g``: the global model's features of the public set (P×d each)."""
-        public, device = self.benchmark.public, self.experiment.config.engine.device
+        public, device = self.benchmark.public, self.run.device
         transform = self.experiment.eval_transform()
         return {
             "image": encode(model.image, public.images, 500, lambda x: transform(x, None).to(device)),
@@ -346,13 +396,9 @@ class FedAFD(OwnsModelsAndData):
         self.retrieval_epochs(model, teachers if p.distill_pass == "joint" else {}, generator)
         return state_to_numpy(model)
 
-    def _server_settings(self) -> LocalSettings:
-        t, device = self.experiment.config.train, self.experiment.config.engine.device
-        return LocalSettings(self.params.server_epochs, t.batch_size, t.lr, t.momentum, t.weight_decay, device)
-
     def _public_batches(self, model: ImageTextModel, generator: torch.Generator):
         """One shuffled pass over the public pairs: (rows, labels, the server model's features)."""
-        public, settings = self.benchmark.public, self._server_settings()
+        public, settings = self.benchmark.public, self.run.server
         transform = self.experiment.train_transform()
         order = torch.randperm(len(public), generator=generator)
         for start in range(0, len(order), settings.batch_size):
@@ -368,8 +414,8 @@ class FedAFD(OwnsModelsAndData):
 
     def retrieval_epochs(self, model: ImageTextModel, teachers: dict[str, Tensor], generator: torch.Generator) -> None:
         """``server_epochs`` of the retrieval loss (+ the distillation term when ``teachers`` are given),
-        by the shared SGD of ``[train]`` (:meth:`Algorithm.make_optimizer`)."""
-        optimizer = self.make_optimizer(model, self._server_settings())
+        by the shared SGD of ``[train]`` (:meth:`Algorithm.make_optimizer` of :attr:`FedAFDRunSettings.server`)."""
+        optimizer = self.make_optimizer(model, self.run.server)
         for _ in range(self.params.server_epochs):
             for rows, labels, features in self._public_batches(model, generator):
                 loss = class_level_info_nce(features["image"], features["text"], labels, self.params.temperature)
@@ -379,15 +425,19 @@ class FedAFD(OwnsModelsAndData):
                 optimizer.step()
 
     def distill(self, model: ImageTextModel, teachers: dict[str, Tensor], generator: torch.Generator) -> None:
-        """One pass over the public set on the distillation loss alone, by ``distill_optimizer`` (AdamP
-        at ``distill_lr`` with its state kept across rounds, or ``[train]``'s SGD), the gradient's
-        norm clipped to ``distill_grad_clip`` (0: not clipped)."""
+        """One pass over the public set on the distillation loss alone, by ``distill_optimizer``, the
+        gradient's norm clipped to ``distill_grad_clip`` (0: not clipped).
+
+        ``"train"``: ``[train]``'s SGD by :meth:`Algorithm.make_optimizer`, fresh each round.
+        ``"adamp"``: AdamP at ``distill_lr`` with its state kept across rounds (server state) -- the
+        public code's server optimiser (AdamP 1e-5), not :meth:`make_optimizer`, which builds
+        ``[train]``'s SGD: it is another optimiser with its own lr, as the code has it."""
         p = self.params
         if p.distill_optimizer == "adamp":
             optimizer: torch.optim.Optimizer = AdamP(model.parameters(), lr=p.distill_lr)
             load_optimizer_arrays(optimizer, self.distill_state, _DISTILL_STATE)
         else:
-            optimizer = self.make_optimizer(model, self._server_settings())
+            optimizer = self.make_optimizer(model, self.run.server)
         for rows, _, features in self._public_batches(model, generator):
             loss = self._distillation(features, teachers, rows)
             optimizer.zero_grad(set_to_none=True)
@@ -408,7 +458,7 @@ class FedAFD(OwnsModelsAndData):
     def central_evaluation(self, model: nn.Module) -> dict[str, Any]:
         """The server model's R@1/5/10 both ways and rsum on the server's test pairs (class-level,
         or per image in the paper benchmark)."""
-        test, device = self.benchmark.server_test_pairs, self.experiment.config.engine.device
+        test, device = self.benchmark.server_test_pairs, self.run.device
         transform = self.experiment.eval_transform()
         image = encode(model.image, test.images, 500, lambda x: transform(x, None).to(device))
         text = encode(model.text, test.tokens.to(device), 500)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 import torch
@@ -29,6 +30,10 @@ _OTHER = {"image": "text", "text": "image"}
 
 Transform = Callable[..., Tensor]
 """An image transform ``(images, generator or None) -> images``."""
+
+OptimizerFactory = Callable[[nn.Module, LocalSettings], torch.optim.Optimizer]
+"""The algorithm's :meth:`~semanticfl.algorithms.base.Algorithm.make_optimizer`: ``[train]``'s SGD of
+a module's parameters at a :class:`LocalSettings`' lr, momentum and weight decay."""
 
 
 class LocalModel(nn.Module):
@@ -131,9 +136,10 @@ class GradientNorms:
         return self.total / max(self.steps, 1)
 
 
-def _sgd(parameters: list[nn.Parameter], settings: LocalSettings, weight_decay: bool = True) -> torch.optim.SGD:
-    return torch.optim.SGD(parameters, lr=settings.lr, momentum=settings.momentum,
-                           weight_decay=settings.weight_decay if weight_decay else 0.0)
+def _sgd(make_optimizer: OptimizerFactory, parameters: list[nn.Parameter], settings: LocalSettings) -> torch.optim.Optimizer:
+    """``make_optimizer`` of some of a model's parameters (in their order, so the optimiser state's
+    indices are those of the list), held by a module that owns nothing else."""
+    return make_optimizer(nn.ParameterList(parameters), settings)
 
 
 class AdversarialAlignment:
@@ -142,22 +148,25 @@ class AdversarialAlignment:
     log(1 − D) or the non-saturating −log D), k over the intra- and cross-modal discriminators
     and the client's modalities.
 
-    D's optimiser: SGD at ``[train]``'s lr and momentum, or Adam at ``discriminator_lr``; restored from
-    and saved to the client state with ``keep_discriminator_optimizer``. The encoders' optimiser is an
-    SGD at the round's encoder lr, one for the round.
+    D's optimiser: ``discriminator_optimizer = "sgd"``: ``make_optimizer`` at ``[train]``'s lr and
+    momentum without weight decay; ``"adam"``: Adam at ``discriminator_lr`` -- the public code's D
+    optimiser (Adam 1e-4), not ``make_optimizer``, which builds ``[train]``'s SGD. Either is restored
+    from and saved to the client state with ``keep_discriminator_optimizer``. The encoders' optimiser
+    is ``make_optimizer`` at the round's encoder settings, one for the round.
     """
 
     def __init__(self, local: LocalModel, params: FedAFDParams, kind: str, payload: Arrays, settings: LocalSettings,
-                 encoder_settings: LocalSettings, state: Arrays) -> None:
+                 encoder_settings: LocalSettings, state: Arrays, *, make_optimizer: OptimizerFactory) -> None:
         self.local, self.params, self.device = local, params, settings.device
         self.global_features = {m: torch.from_numpy(payload[f"public_{m}"]).to(self.device) for m in ("image", "text")}
         if params.discriminator_optimizer == "adam":
             self.d_optimizer: torch.optim.Optimizer = torch.optim.Adam(local.discriminator_parameters(), lr=params.discriminator_lr)
         else:
-            self.d_optimizer = _sgd(local.discriminator_parameters(), settings, weight_decay=False)
+            no_decay = dataclasses.replace(settings, weight_decay=0.0)
+            self.d_optimizer = _sgd(make_optimizer, local.discriminator_parameters(), no_decay)
         if params.keep_discriminator_optimizer:
             load_optimizer_arrays(self.d_optimizer, state, _DISCRIMINATOR_STATE)
-        self.e_optimizer = _sgd(local.encoder_parameters(), encoder_settings)
+        self.e_optimizer = _sgd(make_optimizer, local.encoder_parameters(), encoder_settings)
         self.frozen: list[nn.Parameter] = []
         if kind == "pair" and params.pair_baa_batchnorm_only:
             moved = {id(p) for p in batchnorm_parameters(local)}
@@ -200,14 +209,19 @@ class AdversarialAlignment:
 
 class LocalTask:
     """The client's task on its private data, one epoch per :meth:`run_epoch`: the encoders (and head)
-    by one SGD at the round's encoder lr; the GFF gates with them (``gff_optimizer = "encoder"``) or
-    by their own Adam (``"adam"``: ``gff_lr`` / ``gff_weight_decay``, image-text clients
-    ``pair_gff_lr`` / ``pair_gff_weight_decay``), both created once per round."""
+    by ``make_optimizer`` at the round's encoder settings; the GFF gates with them (``gff_optimizer =
+    "encoder"``) or by their own Adam (``"adam"``: ``gff_lr`` / ``gff_weight_decay``, image-text clients
+    ``pair_gff_lr`` / ``pair_gff_weight_decay``), both created once per round. The gates' Adam is the
+    public code's optimiser for its re-created ``iAFF`` (Adam 5e-3, weight decay 0.01 by default), not
+    ``make_optimizer``, which builds ``[train]``'s SGD."""
 
-    def __init__(self, local: LocalModel, params: FedAFDParams, kind: str, settings: LocalSettings) -> None:
+    def __init__(self, local: LocalModel, params: FedAFDParams, kind: str, settings: LocalSettings, *,
+                 make_optimizer: OptimizerFactory) -> None:
         self.local, self.params, self.settings = local, params, settings
         separate = params.gff_optimizer == "adam" and bool(local.gates())
-        self.optimizers: list[torch.optim.Optimizer] = [_sgd(local.encoder_parameters(with_gates=not separate), settings)]
+        self.optimizers: list[torch.optim.Optimizer] = [
+            _sgd(make_optimizer, local.encoder_parameters(with_gates=not separate), settings)
+        ]
         if separate:
             pair = kind == "pair"
             self.optimizers.append(torch.optim.Adam(
