@@ -94,5 +94,5 @@ class BatchTransform:
             if generator is None:
                 raise ValueError("a training BatchTransform with augmentation needs a torch.Generator")
             uint8_batch = random_crop_flip(uint8_batch, self.padding, self.flip, generator)
-        # The layout change runs on the uint8 batch (a quarter of the bytes); normalising keeps it.
-        return normalize(uint8_batch.contiguous(memory_format=self.memory_format), self.mean, self.std)
+        # Normalising runs in NCHW, where the innermost run is a row (W values) rather than C = 1 or 3 values.
+        return normalize(uint8_batch, self.mean, self.std).contiguous(memory_format=self.memory_format)
