@@ -118,6 +118,9 @@ class EngineConfig:
     threads_per_client: int = 1
     parallel_clients: int = 0
     """Clients trained at once in simulation; 0 = one per available core."""
+    longest_first: bool = True
+    """Simulation: start the round's largest clients first, so the parallel workers finish together
+    (scheduling only: every client's result is the same in any order)."""
     device: str = "cpu"
     channels_last: bool = True
     """Conv weights and image batches in channels-last (NHWC) memory: 1.5-1.8x faster local training on

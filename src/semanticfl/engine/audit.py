@@ -53,7 +53,14 @@ class AuditingGrid:
         self.path = path
 
     def send_and_receive(self, messages: Iterable[Message], *args: Any, **kwargs: Any) -> list[Message]:
-        replies = list(self.grid.send_and_receive(messages, *args, **kwargs))
+        return self._logged(self.grid.send_and_receive(messages, *args, **kwargs))
+
+    def pull_messages(self, message_ids: Iterable[str]) -> list[Message]:
+        """Replies pulled one batch at a time (:func:`~semanticfl.engine.exchanges.send_and_match` in waves)."""
+        return self._logged(self.grid.pull_messages(message_ids))
+
+    def _logged(self, replies: Iterable[Message]) -> list[Message]:
+        replies = list(replies)
         with self.path.open("a") as log:
             for reply in replies:
                 log.write(json.dumps(describe_message(reply)) + "\n")

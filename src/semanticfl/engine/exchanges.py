@@ -19,7 +19,8 @@ One-time exchanges, each with every discovered node:
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -44,9 +45,24 @@ class Replies:
     silent: list[int] = field(default_factory=list)
 
 
-def send_and_match(grid: Grid, messages: dict[int, Message], timeout: float) -> Replies:
-    """Send ``messages`` (client id → message), wait up to ``timeout`` s, match replies by message id."""
-    replies = grid.send_and_receive(list(messages.values()), timeout=timeout)
+WAVE_GAP_S = 0.15
+"""Pause between two waves of pushed messages: longer than the Simulation Engine's 0.1 s poll of its
+in-memory SuperLink, so each wave reaches the client workers' queue before the next one."""
+PULL_INTERVAL_S = 0.1
+
+
+def send_and_match(
+    grid: Grid, messages: dict[int, Message], timeout: float, waves: Sequence[Sequence[int]] | None = None
+) -> Replies:
+    """Send ``messages`` (client id → message), wait up to ``timeout`` s, match replies by message id.
+
+    ``waves`` (client ids in groups) pushes the messages one group at a time, :data:`WAVE_GAP_S` apart, so
+    that the Simulation Engine, which queues what one poll finds in node order, starts them in that order
+    (see :func:`longest_first_waves`); ``None`` pushes them all at once."""
+    if waves is None:
+        replies = list(grid.send_and_receive(list(messages.values()), timeout=timeout))
+    else:
+        replies = _send_in_waves(grid, [[messages[key] for key in wave] for wave in waves], timeout)
     by_message = {message.metadata.message_id: key for key, message in messages.items()}
     outcome = Replies()
     for reply in replies:
@@ -57,6 +73,36 @@ def send_and_match(grid: Grid, messages: dict[int, Message], timeout: float) -> 
             outcome.ok[key] = reply
     outcome.silent = sorted(set(messages) - set(outcome.ok) - set(outcome.errors))
     return outcome
+
+
+def _send_in_waves(grid: Grid, waves: list[list[Message]], timeout: float) -> list[Message]:
+    """Push each wave, then pull replies (like ``Grid.send_and_receive``) until all came or ``timeout``."""
+    deadline = time.monotonic() + timeout
+    pending: set[str] = set()
+    replies: list[Message] = []
+    for number, wave in enumerate(waves):
+        if number:
+            time.sleep(WAVE_GAP_S)
+        pending.update(grid.push_messages(wave))
+    while pending:
+        pulled = list(grid.pull_messages(pending))
+        replies.extend(pulled)
+        pending.difference_update(reply.metadata.reply_to_message_id for reply in pulled)
+        if not pending or time.monotonic() >= deadline:
+            break
+        time.sleep(PULL_INTERVAL_S)
+    return replies
+
+
+def longest_first_waves(sizes: dict[int, int], parallel: int, max_waves: int = 8) -> list[list[int]]:
+    """Client ids in waves of ``parallel``, the largest clients first (longest-processing-time-first
+    scheduling: on ``parallel`` workers the round ends when the last client does, and starting the long
+    ones first leaves only short ones to even out the workers' finish). The waves past ``max_waves`` are
+    pushed together with the last one, so pushing never takes longer than ``(max_waves - 1) ×``
+    :data:`WAVE_GAP_S`."""
+    order = sorted(sizes, key=lambda key: (-sizes[key], key))
+    waves = [order[start : start + parallel] for start in range(0, len(order), max(parallel, 1))]
+    return waves[: max_waves - 1] + [sum(waves[max_waves - 1 :], [])] if len(waves) > max_waves else waves
 
 
 def acknowledge(partition_id: int, message: Message) -> Message:

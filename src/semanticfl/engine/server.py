@@ -31,6 +31,7 @@ from semanticfl.engine.checkpoint import load_latest_checkpoint, save_checkpoint
 from semanticfl.engine.experiment import Experiment
 from semanticfl.engine.outputs import RunDirectory, plot_accuracy, run_setting, summarize
 from semanticfl.engine.progress import RoundReporter
+from semanticfl.engine.simulation import parallel_clients
 from semanticfl.errors import RunAborted, UserError
 from semanticfl.models import state_to_numpy
 from semanticfl.seeding import derive_seed
@@ -230,7 +231,7 @@ class FederatedServer:
             messages[partition_id] = Message(content, dst_node_id=nodes[partition_id], message_type="train")
             outcome.bytes_down[partition_id] = down
         timeout = self.config.train.client_timeout_s
-        replies = exchanges.send_and_match(grid, messages, timeout)
+        replies = exchanges.send_and_match(grid, messages, timeout, self.dispatch_waves(list(messages)))
         for partition_id, reply in replies.ok.items():
             self._accept_reply(reply, partition_id, outcome)
         for partition_id, reason in replies.errors.items():
@@ -238,6 +239,16 @@ class FederatedServer:
         for partition_id in replies.silent:
             outcome.failures[partition_id] = f"no reply within train.client_timeout_s={timeout}"
         return outcome
+
+    def dispatch_waves(self, partition_ids: list[int]) -> list[list[int]] | None:
+        """Simulation with ``engine.longest_first``: the round's clients largest first, in waves of the
+        parallel workers; otherwise (deployment: a machine per node; an algorithm with its own data) ``None``."""
+        engine = self.config.engine
+        own_data = isinstance(self.algorithm, OwnsModelsAndData)
+        if engine.backend != "simulation" or not engine.longest_first or own_data:
+            return None
+        sizes = {p: len(self.experiment.partitions[p]) for p in partition_ids}
+        return exchanges.longest_first_waves(sizes, parallel_clients(engine))
 
     @staticmethod
     def _accept_reply(reply: Message, partition_id: int, outcome: RoundOutcome) -> None:

@@ -6,11 +6,18 @@ import logging
 import os
 from typing import Any
 
+from semanticfl.config import EngineConfig
 from semanticfl.engine.experiment import Experiment
 
 
 def available_cores() -> int:
     return max(1, len(os.sched_getaffinity(0)))
+
+
+def parallel_clients(engine: EngineConfig) -> int:
+    """Clients the Simulation Engine trains at once: ``engine.parallel_clients``, or one per
+    ``threads_per_client`` cores."""
+    return engine.parallel_clients or max(1, available_cores() // engine.threads_per_client)
 
 
 def backend_config(experiment: Experiment) -> dict[str, Any]:
@@ -26,7 +33,7 @@ def backend_config(experiment: Experiment) -> dict[str, Any]:
     """
     engine = experiment.config.engine
     verbose = logging.getLogger("semanticfl").isEnabledFor(logging.INFO)
-    parallel = engine.parallel_clients or max(1, available_cores() // engine.threads_per_client)
+    parallel = parallel_clients(engine)
     resources: dict[str, Any] = {"num_cpus": 1, "num_gpus": 0.0}
     if engine.device.startswith("cuda"):
         resources["num_gpus"] = 1.0 / parallel
