@@ -5,6 +5,7 @@ appends a JSON record to ``benchmarks/results/core.jsonl``.
     python benchmarks/bench_core.py throughput   # local-training images/s vs raw fwd+bwd
     python benchmarks/bench_core.py quickstart   # wall time and peak RSS of `semanticfl run`
     python benchmarks/bench_core.py scale        # one round with 1000 virtual clients
+    python benchmarks/bench_core.py rounds --limit N   # round time vs the compute limit; longest-first on/off
 
 Times are compared as ratios measured in the same invocation; absolute numbers vary.
 Peak memory is the largest sum of RSS over the whole process tree (CLI + Ray workers),
@@ -17,6 +18,7 @@ import argparse
 import contextlib
 import json
 import multiprocessing
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -254,9 +256,52 @@ def bench_scale(clients: int) -> None:
     })
 
 
+# --------------------------------------------------------------------------- round time against the limit
+
+
+def round_profile(overrides: list[str], rounds: int) -> dict:
+    """One `semanticfl run cifar10_cnn` of ``rounds`` rounds; per round after the first: wall time, the sum
+    of the clients' own fit times, and the images trained (samples × epochs)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp)
+        run_cli(["run", "cifar10_cnn", *overrides, f"train.rounds={rounds}", f"experiment.output_dir={out}"], out)
+        measured = read_rounds(out)[1:]
+    epochs = int(next(o for o in overrides if o.startswith("train.local_epochs=")).split("=")[1])
+    return {
+        "round_s": sum(r["round_time_s"] for r in measured) / len(measured),
+        "fit_s": sum(c["fit_time_s"] for r in measured for c in r["client_metrics"]) / len(measured),
+        "images": sum(c["num_examples"] for r in measured for c in r["client_metrics"]) * epochs / len(measured),
+    }
+
+
+def bench_rounds(rounds: int, limit: float) -> None:
+    """Issue 21, item 3: round time against ``images ÷ (limit × cores)`` with and without longest-first
+    dispatch (interleaved A/B/A/B), and a 5-of-10 round (``train.fraction_fit=0.5``)."""
+    cores = 2
+    base = ["partition.alpha=0.1", "train.local_epochs=2", "engine.parallel_clients=2"]
+    variants = {"longest_first": [*base, "engine.longest_first=true"], "id_order": [*base, "engine.longest_first=false"],
+                "5_of_10": [*base, "train.fraction_fit=0.5"]}
+    profiles: dict[str, list[dict]] = {name: [] for name in variants}
+    for _ in range(2):
+        for name, overrides in variants.items():
+            profiles[name].append(round_profile(overrides, rounds))
+    for name, runs in profiles.items():
+        round_s = statistics.mean(r["round_s"] for r in runs)
+        images = runs[0]["images"]
+        record("rounds", {
+            "setting": "CIFAR-10, simple CNN, 10 clients, Dir(0.1), 2 local epochs, 2 parallel clients",
+            "variant": name, "rounds_measured": (rounds - 1) * len(runs), "round_s": round_s,
+            "busy_fraction": statistics.mean(r["fit_s"] / (cores * r["round_s"]) for r in runs),
+            "images_per_round": images, "limit_images_per_s_per_core": limit,
+            "ratio_to_limit": round_s / (images / (limit * cores)),
+        })
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("benchmark", choices=["overhead", "throughput", "quickstart", "scale"])
+    parser.add_argument("benchmark", choices=["overhead", "throughput", "quickstart", "scale", "rounds"])
+    parser.add_argument("--limit", type=float, default=0.0,
+                        help="rounds: the 1-thread images/s limit (bench_compute.py's best cnn setting)")
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--clients", type=int, default=1000)
@@ -267,6 +312,8 @@ def main() -> None:
         bench_throughput(args.steps)
     elif args.benchmark == "quickstart":
         bench_quickstart()
+    elif args.benchmark == "rounds":
+        bench_rounds(args.rounds, args.limit)
     else:
         bench_scale(args.clients)
 

@@ -181,3 +181,14 @@ def wait_for_file(path: Path, proc: subprocess.Popen, timeout: float = 300) -> N
         if time.monotonic() > deadline:
             raise TimeoutError(f"{path} did not appear within {timeout} s")
         time.sleep(0.1)
+
+
+def wait_for_text(path: Path, text: str, proc: subprocess.Popen, timeout: float = 300) -> None:
+    """Wait until the file at ``path`` contains ``text``; fail early if ``proc`` exits first."""
+    deadline = time.monotonic() + timeout
+    while not (path.exists() and text in path.read_text(errors="replace")):
+        if proc.poll() is not None:
+            raise AssertionError(f"process exited with {proc.returncode} before {path} said {text!r}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{path} did not say {text!r} within {timeout} s")
+        time.sleep(0.5)

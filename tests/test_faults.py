@@ -54,7 +54,7 @@ def test_faults_are_off_by_default():
         ("faults.nan_clients=[-1]", "faults.nan_clients: client -1 is not a partition id"),
         ("faults.hang_clients=[1.5]", "faults.hang_clients[0] must be an integer"),
         ("faults.hang_s=0", "faults.hang_s must be > 0"),
-        ("faults.rounds=[0, 2]", "faults.rounds are round numbers >= 1, got [0]"),
+        ("faults.rounds=[-1, 2]", "faults.rounds are round numbers >= 1 (0: the offload exchange), got [-1]"),
         ("faults.raise_clients=3", "faults.raise_clients must be a list"),
         ("faults.crash=true", "unknown setting 'faults.crash'"),
     ],

@@ -7,7 +7,17 @@ import shutil
 from pathlib import Path
 
 import pytest
-from helpers import read_rounds, run_dirs, semanticfl
+from helpers import (
+    Processes,
+    free_port,
+    read_rounds,
+    run_dirs,
+    semanticfl,
+    start_semanticfl,
+    wait_for_port,
+    wait_for_run_dir,
+    wait_for_text,
+)
 
 from semanticfl.config import load_config
 from semanticfl.engine.audit import read_audit
@@ -158,6 +168,44 @@ def test_semanticfl_offload_mode_exchanges_noised_latents_once(tmp_path, tiny_sd
     assert summary["offload_bytes_down_per_client"] == pytest.approx(sum(sizes) / 3 * 36 * 2)
     train = [m for m in audit if m["type"] == "train"]
     assert len(train) == 2 * 3 and all(m["records"]["extra"]["arrays"] == {} for m in train)
+
+
+@pytest.mark.skipif(shutil.which("flower-superlink") is None, reason="Flower's executables are not on PATH")
+def test_a_supernode_killed_during_the_offload_exchange_is_left_out_and_the_round_completes(tmp_path, tiny_sd, env):
+    """Three SuperNodes on 127.0.0.1; client 2 hangs in the offload exchange (faults.rounds=[0]) and its
+    SuperNode is SIGKILLed there. The server leaves client 2 out of the offload (an error or no reply, never
+    a crash) and round 1 aggregates the other two (train.min_clients=2)."""
+    link_port = free_port()
+    procs = Processes(tmp_path)
+    log = tmp_path / "run.log"
+    try:
+        procs.start("superlink", "flower-superlink", "--insecure", "--port", str(link_port))
+        wait_for_port(link_port)
+        for i in range(3):
+            procs.start(
+                f"supernode{i}", "flower-supernode", "--insecure",
+                "--superlink", f"127.0.0.1:{link_port}", "--port", str(free_port()),
+                "--node-config", f"partition-id={i} num-partitions=3",
+            )
+        out = tmp_path / "runs"
+        run = start_semanticfl(
+            "run", "quickstart", *TINY, f"teacher.path={tiny_sd}", *SEMANTICFL, "algorithm.semanticfl.mode=offload",
+            "train.rounds=1", "train.min_clients=2", "train.client_timeout_s=60", "faults.hang_clients=[2]",
+            "faults.rounds=[0]", "faults.hang_s=600", "engine.backend=deployment", f"experiment.output_dir={out}",
+            "--superlink", f"127.0.0.1:{link_port}",
+            cwd=tmp_path, log=log, env={**env, "FLWR_HOME": str(tmp_path / "cli-home")},
+        )
+        run_dir = wait_for_run_dir(out, run)
+        wait_for_text(tmp_path / "supernode2.log", "client 2 hangs in the offload", run)
+        procs.kill("supernode2")
+        assert run.wait(timeout=400) == 0, log.read_text()[-3000:] + procs.log("superlink")
+    finally:
+        procs.stop_all()
+    text = log.read_text()
+    assert "offload (noised latents): client 2" in text and "Traceback" not in text
+    (first,) = read_rounds(run_dir)
+    assert (first["clients"], list(first["failures"])) == (2, ["2"])
+    assert [c["id"] for c in first["client_metrics"]] == [0, 1]
 
 
 def test_missing_stable_diffusion_weights_is_a_one_line_error(tmp_path, env):

@@ -10,6 +10,7 @@ control variate, MOON's previous model...) is kept in the node's :class:`Context
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 
@@ -19,13 +20,14 @@ from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from semanticfl.algorithms.base import Arrays, ClientTask, ClientUpdate, load_arrays
-from semanticfl.config import FaultsConfig
+from semanticfl.config import OFFLOAD_ROUND, FaultsConfig
 from semanticfl.engine import exchanges, records
 from semanticfl.engine.client_state import ClientStateStore
 from semanticfl.engine.experiment import Experiment, experiment_for
 from semanticfl.errors import UserError
 from semanticfl.seeding import derive_seed
 
+log = logging.getLogger("semanticfl")
 client_app = ClientApp()
 
 
@@ -62,7 +64,11 @@ def identify(message: Message, context: Context) -> Message:
 def send_noised_latents(message: Message, context: Context) -> Message:
     """SemanticFL ``offload``: this client's VAE latents noised to ``t`` (see engine/exchanges.py)."""
     experiment = _experiment(message)
-    index = experiment.partitions[partition_id_of(context)]
+    partition_id = partition_id_of(context)
+    faults = experiment.config.faults
+    if OFFLOAD_ROUND in faults.rounds:
+        raise_or_hang(injected_fault(faults, partition_id, OFFLOAD_ROUND), faults, partition_id, "in the offload")
+    index = experiment.partitions[partition_id]
     requests = experiment.algorithm.teacher_requests().offload
     noised = experiment.teacher_targets.noised_latents(requests, index)
     return Message(RecordDict({records.EXTRA: records.to_record(noised)}), reply_to=message)
@@ -94,10 +100,7 @@ def train(message: Message, context: Context) -> Message:
     partition_id = partition_id_of(context)
     round_number = int(message.content[records.CONFIG]["round"])
     fault = injected_fault(experiment.config.faults, partition_id, round_number)
-    if fault == "raise":
-        raise RuntimeError(f"injected fault: client {partition_id} raises in round {round_number}")
-    if fault == "hang":
-        time.sleep(experiment.config.faults.hang_s)
+    raise_or_hang(fault, experiment.config.faults, partition_id, f"in round {round_number}")
 
     store = state_store(message, context, experiment)
     task = ClientTask(
@@ -163,6 +166,15 @@ def injected_fault(faults: FaultsConfig, partition_id: int, round_number: int) -
         if partition_id in clients:
             return fault
     return None
+
+
+def raise_or_hang(fault: str | None, faults: FaultsConfig, partition_id: int, when: str) -> None:
+    """Carry out an injected ``raise`` (a client error) or ``hang`` (sleep ``faults.hang_s``) fault."""
+    if fault == "raise":
+        raise RuntimeError(f"injected fault: client {partition_id} raises {when}")
+    if fault == "hang":
+        log.warning("injected fault: client %d hangs %s for %.0f s", partition_id, when, faults.hang_s)
+        time.sleep(faults.hang_s)
 
 
 def poison(arrays: Arrays) -> None:
