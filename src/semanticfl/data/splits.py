@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from semanticfl.errors import UserError
-from semanticfl.seeding import derive_seed
+from semanticfl.seeding import Stream, derive_seed
 
 
 def stratified_holdout(labels: np.ndarray, size: int, seed: int) -> np.ndarray:
@@ -18,7 +18,7 @@ def stratified_holdout(labels: np.ndarray, size: int, seed: int) -> np.ndarray:
             f"data.server_holdout={size} leaves no training data for the clients "
             f"(the training set has {len(labels)} samples)"
         )
-    rng = np.random.default_rng(derive_seed(seed, 7919))
+    rng = np.random.default_rng(derive_seed(seed, Stream.HOLDOUT))
     classes = np.unique(labels)
     per_class = np.full(len(classes), size // len(classes))
     per_class[: size % len(classes)] += 1

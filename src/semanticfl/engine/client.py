@@ -25,7 +25,7 @@ from semanticfl.engine import exchanges, records
 from semanticfl.engine.client_state import ClientStateStore
 from semanticfl.engine.experiment import Experiment, experiment_for
 from semanticfl.errors import UserError
-from semanticfl.seeding import derive_seed
+from semanticfl.seeding import Stream, derive_seed
 
 log = logging.getLogger("semanticfl")
 client_app = ClientApp()
@@ -144,7 +144,7 @@ def local_update(
     the same inputs give the same update in any process."""
     model = experiment.build_model()
     load_arrays(model, global_arrays)
-    torch.manual_seed(derive_seed(experiment.config.experiment.seed, task.round, partition_id, 1))
+    torch.manual_seed(derive_seed(experiment.config.experiment.seed, task.round, partition_id, Stream.CLIENT_TORCH))
     return experiment.algorithm.local_train(
         model,
         experiment.client_data(partition_id, offloaded, guidance),

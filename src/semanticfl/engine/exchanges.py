@@ -102,7 +102,9 @@ def longest_first_waves(sizes: dict[int, int], parallel: int, max_waves: int = 8
     :data:`WAVE_GAP_S`."""
     order = sorted(sizes, key=lambda key: (-sizes[key], key))
     waves = [order[start : start + parallel] for start in range(0, len(order), max(parallel, 1))]
-    return waves[: max_waves - 1] + [sum(waves[max_waves - 1 :], [])] if len(waves) > max_waves else waves
+    if len(waves) <= max_waves:
+        return waves
+    return [*waves[: max_waves - 1], [client for wave in waves[max_waves - 1 :] for client in wave]]
 
 
 def acknowledge(partition_id: int, message: Message) -> Message:

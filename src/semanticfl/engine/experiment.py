@@ -27,7 +27,7 @@ from semanticfl.data.splits import stratified_holdout
 from semanticfl.data.transforms import BatchTransform
 from semanticfl.errors import UserError
 from semanticfl.models import build_model
-from semanticfl.seeding import derive_seed
+from semanticfl.seeding import Stream, derive_seed
 from semanticfl.teachers.base import GuidanceSet
 from semanticfl.teachers.guidance import guidance_set
 from semanticfl.teachers.loading import teacher_shape
@@ -62,7 +62,7 @@ class Experiment:
         pool = np.flatnonzero(mask)
         fraction = self.config.data.train_fraction
         if fraction < 1:
-            rng = np.random.default_rng(derive_seed(self.config.experiment.seed, 15485863))
+            rng = np.random.default_rng(derive_seed(self.config.experiment.seed, Stream.TRAIN_FRACTION))
             keep = max(1, int(round(fraction * len(pool))))
             pool = np.sort(rng.choice(pool, size=keep, replace=False))
         return pool

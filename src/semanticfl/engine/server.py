@@ -34,11 +34,10 @@ from semanticfl.engine.progress import RoundReporter
 from semanticfl.engine.simulation import parallel_clients
 from semanticfl.errors import RunAborted, UserError
 from semanticfl.models import state_to_numpy
-from semanticfl.seeding import derive_seed
+from semanticfl.seeding import Stream, derive_seed
 
 log = logging.getLogger("semanticfl")
 
-_SAMPLING_STREAM = 104729  # separates the sampling RNG from other per-round streams
 DISCOVERY_TIMEOUT_S = 120.0
 """The least time nodes get to connect and answer the first query: a cold node starts its
 workers and decodes its data first, which a short ``train.client_timeout_s`` must not cut off."""
@@ -58,7 +57,7 @@ class RoundOutcome:
 def sample_clients(seed: int, round_number: int, num_clients: int, fraction: float) -> list[int]:
     """The round's participants: ``ceil(fraction · N)`` partition ids, seeded by the round."""
     count = clients_per_round(fraction, num_clients)
-    rng = np.random.default_rng(derive_seed(seed, round_number, _SAMPLING_STREAM))
+    rng = np.random.default_rng(derive_seed(seed, round_number, Stream.CLIENT_SAMPLING))
     return sorted(int(i) for i in rng.choice(num_clients, size=count, replace=False))
 
 

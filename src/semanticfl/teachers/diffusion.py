@@ -16,40 +16,24 @@ from collections import OrderedDict
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from semanticfl.errors import UserError
+from semanticfl.seeding import TeacherStream, derive_teacher_seed
 from semanticfl.teachers.base import NULL_PROMPT, ExtractionSettings, LatentCodec, PromptEncoder
 
 if TYPE_CHECKING:
     from diffusers import DDIMScheduler, UNet2DConditionModel
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-LATENT_STREAM = 0
-NOISE_STREAM = 1
-CONDITION_STREAM = 2
 PROMPT_CACHE_SIZE = 8
-_MASK32 = (1 << 32) - 1
-_MASK64 = (1 << 64) - 1
-
-
-def derive_seed(*keys: int) -> int:
-    """A 64-bit seed mixed from integer keys by numpy's ``SeedSequence``: the same on every run, process
-    and platform (unlike ``hash()``). Each key enters as two 32-bit words of its 64-bit two's complement,
-    so distinct key tuples of one length never share their entropy."""
-    words = []
-    for key in keys:
-        key = int(key) & _MASK64
-        words += [key & _MASK32, key >> 32]
-    return int(np.random.SeedSequence(words).generate_state(1, dtype=np.uint64)[0])
 
 
 def generators(seed: int, stream: int, sample_ids: Tensor, draw: int = 0) -> list[torch.Generator]:
     """One CPU generator per sample, seeded by ``(seed, stream, sample_id, draw)``."""
-    return [torch.Generator().manual_seed(derive_seed(seed, stream, i, draw)) for i in sample_ids.tolist()]
+    return [torch.Generator().manual_seed(derive_teacher_seed(seed, stream, i, draw)) for i in sample_ids.tolist()]
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
@@ -185,7 +169,7 @@ class DiffusionTeacher:
         with self.autocast():
             if not self.settings.latent_sample:
                 return self.codec.encode(images)
-            gens = generators(self.settings.seed, LATENT_STREAM, sample_ids)
+            gens = generators(self.settings.seed, TeacherStream.LATENT, sample_ids)
             return self.codec.encode(images, sample=True, generator=gens)
 
     def _timesteps(self, count: int) -> Tensor:
@@ -195,7 +179,7 @@ class DiffusionTeacher:
     def noised(self, latents: Tensor, sample_ids: Tensor, draw: int) -> Tensor:
         """DDIM forward process to ``settings.timestep``: ``scheduler.add_noise(latents, noise, t)`` with
         each sample's noise drawn (float32, on the CPU) from a generator seeded by (seed, id, draw)."""
-        gens = generators(self.settings.seed, NOISE_STREAM, sample_ids, draw)
+        gens = generators(self.settings.seed, TeacherStream.NOISE, sample_ids, draw)
         noise = torch.stack([torch.randn(latents.shape[1:], generator=g) for g in gens])
         noise = noise.to(device=latents.device, dtype=latents.dtype)
         return self.scheduler.add_noise(latents, noise, self._timesteps(len(latents)))
@@ -317,7 +301,7 @@ class DiffusionTeacher:
         tokens, mask = self.prompt_states([NULL_PROMPT])
         width = tokens.shape[-1]
         generator = torch.Generator().manual_seed(
-            derive_seed(self.settings.seed, CONDITION_STREAM, encodings.shape[1])
+            derive_teacher_seed(self.settings.seed, TeacherStream.CONDITION, encodings.shape[1])
         )
         projection = torch.randn(encodings.shape[1], width, generator=generator) / encodings.shape[1] ** 0.5
         mapped = F.normalize(encodings.float().cpu() @ projection, dim=1)

@@ -26,11 +26,11 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from semanticfl.errors import UserError
+from semanticfl.seeding import TeacherStream
 from semanticfl.teachers.base import NULL_PROMPT
 from semanticfl.teachers.codecs import AutoencoderKLCodec
 from semanticfl.teachers.diffusion import DiffusionTeacher, generators
 
-SAMPLE_STREAM = 3
 SCHEDULERS = {"ddim": "DDIMScheduler", "dpm": "DPMSolverMultistepScheduler", "euler": "EulerDiscreteScheduler"}
 
 
@@ -88,7 +88,7 @@ class Sampler:
         t = self.teacher
         size = t.settings.resolution // t.codec.downsample
         shape = (t.codec.latent_channels, size, size)
-        gens = generators(self.settings.seed, SAMPLE_STREAM, sample_ids)
+        gens = generators(self.settings.seed, TeacherStream.SAMPLE, sample_ids)
         return torch.stack([torch.randn(shape, generator=g) for g in gens])
 
     @torch.inference_mode()

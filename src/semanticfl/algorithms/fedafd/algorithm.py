@@ -56,6 +56,7 @@ from semanticfl.data.wordnet import CLASS_SYNSETS, class_sentences
 from semanticfl.errors import UserError
 from semanticfl.models import state_to_numpy
 from semanticfl.models.multimodal import ImageTextModel, build_image_encoder, build_text_encoder
+from semanticfl.seeding import Stream, derive_seed32
 
 PAPER_PATHS = {
     "ag_news_train": ("file", "AG_NEWS train.csv"),
@@ -66,9 +67,6 @@ PAPER_PATHS = {
     "coco_annotations": ("file", "COCO's captions json, e.g. captions_train2017.json"),
 }
 """The paper benchmark's path parameters: what each must be and hold."""
-_SERVER_STREAM = 2038074743  # the server's per-round RNG stream
-_CLIENT_INIT_STREAM = 1000003  # a client's model initialisation
-_GATE_STREAM = 1000033  # a client's fresh GFF gates of a round (gff_fresh_each_round)
 _DISTILL_STATE = "distill_optimizer."
 _DIAGNOSTICS = ("baa_grad_norm", "task_grad_norm")
 
@@ -245,7 +243,7 @@ class FedAFD(OwnsModelsAndData):
     def local_model(self, partition_id: int) -> LocalModel:
         """Client ``partition_id``'s fresh model, initialised from (seed, client) only."""
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self._stream_seed(partition_id, _CLIENT_INIT_STREAM))
+            torch.manual_seed(derive_seed32(self.setup.seed, partition_id, Stream.FEDAFD_CLIENT_INIT))
             spec = self.specs[partition_id]
             return LocalModel(spec, self.params, self.benchmark.num_classes.get(spec.kind, 0),
                               self.benchmark.tokenizer, self._image_shape())
@@ -278,7 +276,7 @@ class FedAFD(OwnsModelsAndData):
         if task.state:
             load_arrays(local, without(task.state, OPTIMIZER_STATE))
         if p.gff_fresh_each_round:
-            local.reset_gates(self._stream_seed(data.partition_id, task.round, _GATE_STREAM))
+            local.reset_gates(derive_seed32(self.setup.seed, data.partition_id, task.round, Stream.FEDAFD_GATES))
         global_model = model.eval().requires_grad_(False)
         encoder_settings = self.encoder_settings(settings, task.round, kind)
         baa = (AdversarialAlignment(local, p, kind, task.payload, settings, encoder_settings, task.state,
@@ -307,9 +305,6 @@ class FedAFD(OwnsModelsAndData):
         p = self.params
         lr = decayed_lr(settings.lr, round_number, self.run.rounds, p.lr_decay_at, p.lr_decay_factor)
         return dataclasses.replace(settings, lr=lr)
-
-    def _stream_seed(self, *keys: int) -> int:
-        return int(np.random.SeedSequence([self.setup.seed, *keys]).generate_state(1)[0])
 
     @torch.no_grad()
     def client_test(
@@ -389,7 +384,7 @@ class FedAFD(OwnsModelsAndData):
         p = self.params
         model = self._server_model(global_arrays)
         teachers = self.teacher_features(self.global_public_features(model), updates) if p.collaborate else {}
-        generator = torch.Generator().manual_seed(self._stream_seed(round_number, _SERVER_STREAM))
+        generator = torch.Generator().manual_seed(derive_seed32(self.setup.seed, round_number, Stream.FEDAFD_SERVER))
         model.train()
         if p.distill_pass == "separate" and teachers:
             self.distill(model, teachers, generator)
