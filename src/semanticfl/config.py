@@ -54,24 +54,34 @@ class DataConfig:
     study withholds the same public split (the one an offline teacher was trained on)."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class PartitionConfig:
-    """How the training pool is split over clients (see :mod:`semanticfl.data.partition`)."""
+    """How the training pool is split over clients (see :mod:`semanticfl.data.partition`, whose
+    ``PartitionSpec`` is these settings plus the seed). Frozen, since that frozen spec extends it."""
 
     scheme: str = "dirichlet"
+    """``iid``, ``dirichlet``, ``pathological`` (#C=k), ``shards`` or ``quantity``."""
     num_clients: int = 10
+    """How many clients the pool is split over."""
     alpha: float = 0.5
+    """Dirichlet concentration of each class over clients (``dirichlet``)."""
     classes_per_client: int = 2
+    """Exact number of classes per client (``pathological``, #C=k)."""
     class_assignment: str = "deterministic"
     """How ``pathological`` picks each client's classes: ``deterministic`` (k consecutive classes, from
     p mod C for client p when num_clients >= C), ``random`` (k drawn without replacement; a class no client
     draws is left out) or ``first-deterministic`` (class p mod C, then k - 1 drawn: NIID-Bench's
     ``noniid-#label`` code); draws use experiment.seed."""
     shards_per_client: int = 2
+    """Label-sorted shards dealt to each client (``shards``)."""
     quantity_alpha: float = 0.5
+    """Dirichlet concentration over client sizes, labels IID (``quantity``)."""
     imbalance_factor: float = 1.0
+    """Long-tail ratio n_max / n_min applied before partitioning (1 = off)."""
     min_partition_size: int = 10
+    """Smallest allowed client (``dirichlet`` and ``quantity``)."""
     max_retries: int = 10
+    """How many seeds to try where sampling can fail."""
 
 
 @dataclass

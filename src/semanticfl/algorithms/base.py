@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from semanticfl.algorithms.regularizers import cast_like, mean64
 from semanticfl.config import build_dataclass
 from semanticfl.models import load_numpy_state, state_to_numpy
 from semanticfl.teachers.base import GuidanceSet, TeacherRequests, TeacherShape
@@ -369,24 +370,14 @@ class OwnsModelsAndData(Algorithm, ABC):
 
 
 def weighted_average(states: Sequence[Arrays], weights: Sequence[float]) -> Arrays:
-    """``Σ_k w_k x_k / Σ_k w_k`` per array, accumulated in float64, cast back to each dtype.
+    """``Σ_k w_k x_k / Σ_k w_k`` per array, accumulated in float64 (:func:`~semanticfl.algorithms.
+    regularizers.mean64`), cast back to each dtype.
 
     Integer arrays (BatchNorm's ``num_batches_tracked``) are rounded.
     """
     if not states:
         raise ValueError("cannot average zero client states")
-    total = float(sum(weights))
-    if total <= 0:
-        raise ValueError("client weights must sum to a positive number")
-    averaged = {}
-    for key, first in states[0].items():
-        acc = np.zeros(first.shape, dtype=np.float64)
-        for state, weight in zip(states, weights):
-            acc += (weight / total) * state[key].astype(np.float64)
-        if np.issubdtype(first.dtype, np.integer):
-            acc = np.rint(acc)
-        averaged[key] = acc.astype(first.dtype)
-    return averaged
+    return cast_like(mean64(states, weights, states[0]), states[0])
 
 
 def load_arrays(model: nn.Module, arrays: Arrays) -> None:

@@ -53,7 +53,6 @@ why it is off by default (the PCA is the one fitted without a condition).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -62,42 +61,40 @@ from torch import Tensor, nn
 from semanticfl.algorithms.base import AlgorithmSetup, Batch, ClientTask, LocalData, LocalSettings
 from semanticfl.algorithms.contrastive import candidate_info_nce
 from semanticfl.algorithms.teacher_guided import (
+    TeacherFeatureParams,
     TeacherGuided,
     require_all,
     resolve_auto_dims,
     teacher_param_checks,
     up_block_layers,
 )
-from semanticfl.teachers.base import DEFAULT_TEMPLATE, NULL_PROMPT, TeacherRequests, class_prompts
+from semanticfl.teachers.base import NULL_PROMPT, TeacherRequests, class_prompts
 
 TDCL = "feddifrc.tdcl"
 NDCR = "feddifrc.ndcr"
 DIM_CAPS = (256, 128, 128)
-"""``layer_dims = "auto"``: at most these dims per layer (the public code's PCA dims)."""
+"""``layer_dims = "auto"``: at most these dims per layer (the public code's PCA dims, → 512 for SD; the
+offline teacher's channels cap them to 128/128/64)."""
 SIMILAR_PROMPT = "a photo of a similar object"
 VISUAL_PROMPT = "a photo of a visual object"
 
 
 @dataclass
-class FedDifRCParams:
-    lambda_tdcl: float = 1.0
-    lambda_ndcr: float = 1.0
-    temperature: float = 0.04
-    """τ of TDCL (the public code's 0.04)."""
+class FedDifRCParams(TeacherFeatureParams):
+    # The shared teacher settings with FedDifRC's defaults (SemanticFL's differ).
     timestep: int = 300
     """Noise level of the U-Net pass; the paper reports t = 300 best (t = 999: inseparable)."""
     layers: tuple[str, ...] = up_block_layers(3)
     """Fused layers: the last three up-blocks (SD: blocks 1, 2, 3, as in the paper)."""
-    layer_dims: tuple[int, ...] | Literal["auto"] = "auto"
-    """PCA dims per layer; ``auto``: the public code's 256/128/128 (→ 512 for SD), each capped by the
-    teacher's channels in that layer (the offline teacher: 128/128/64)."""
     reduction: str = "spatial_norm"
+
+    lambda_tdcl: float = 1.0
+    lambda_ndcr: float = 1.0
+    temperature: float = 0.04
+    """τ of TDCL (the public code's 0.04)."""
     num_negatives: int = 0
     """Negatives per anchor in TDCL; 0 = every other class."""
-    template: str = DEFAULT_TEMPLATE
     self_supervised: bool = False
-    projection: str = "auto"
-    """``auto`` (identity when dimensions agree, else linear) or ``linear``."""
     inject_encoding: bool = False
     """Inject each sample's encoding by the received model into the TDCL conditioning (per round)."""
 

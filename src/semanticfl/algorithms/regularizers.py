@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from semanticfl.algorithms.base import Arrays
+from semanticfl.verified import Arrays
 
 TensorDict = dict[str, torch.Tensor]
 
@@ -105,10 +105,13 @@ def zeros_for(keys: Iterable[str], like: Arrays) -> Arrays:
 
 
 def mean64(states: Sequence[Arrays], weights: Sequence[float], keys: Iterable[str]) -> Arrays:
-    """``Σ_k w_k x_k / Σ_k w_k`` for each key, in float64 (not cast back)."""
+    """``Σ_k w_k x_k / Σ_k w_k`` for each key, in float64 (not cast back): every weighted mean of client
+    states (:func:`~semanticfl.algorithms.base.weighted_average` is this, cast back)."""
+    if not states:
+        raise ValueError("cannot average zero client states")
     total = float(sum(weights))
-    if not states or total <= 0:
-        raise ValueError("need at least one state and positive weights")
+    if total <= 0:
+        raise ValueError("client weights must sum to a positive number")
     out = {}
     for key in keys:
         acc = np.zeros(np.shape(states[0][key]), dtype=np.float64)

@@ -65,6 +65,7 @@ from semanticfl.algorithms.contrastive import candidate_info_nce
 from semanticfl.algorithms.guidance import FEATURES, GuidanceStream, guidance_batch_size, joint_forward
 from semanticfl.algorithms.teacher_guided import (
     AUTO,
+    TeacherFeatureParams,
     TeacherGuided,
     require_all,
     resolve_auto_dims,
@@ -73,7 +74,6 @@ from semanticfl.algorithms.teacher_guided import (
 )
 from semanticfl.errors import UserError
 from semanticfl.teachers.base import (
-    DEFAULT_TEMPLATE,
     GUIDANCE_SOURCES,
     NULL_PROMPT,
     AnchorRequest,
@@ -90,18 +90,18 @@ TEXT = "semanticfl.text"
 GUIDANCE = "semanticfl.guidance"
 TEXT_PROJECTION = "text_projection"
 DIM_CAPS = (128,)
-"""``layer_dims = "auto"``: at most 128 dims per layer (the 512-d space as four equal shares)."""
+"""``layer_dims = "auto"``: at most 128 dims per layer (the 512-d space as four equal shares); SD's
+4-channel latent keeps 4 (388 dims), the offline teacher 32/128/128/64 (352)."""
 
 
 @dataclass
-class SemanticFLParams:
-    mode: str = "anchors"
+class SemanticFLParams(TeacherFeatureParams):
+    # The shared teacher settings with SemanticFL's defaults (FedDifRC's differ).
     timestep: int = 150
     layers: tuple[str, ...] = ("latent", *up_block_layers(3))
-    layer_dims: tuple[int, ...] | Literal["auto"] = "auto"
-    """PCA dims per layer; ``auto``: 128 each (4 × 128 = 512), capped by the teacher's channels in that
-    layer (SD's 4-channel latent keeps 4: 388 dims; the offline teacher: 32/128/128/64 = 352)."""
     reduction: str = "gap"
+
+    mode: str = "anchors"
     lambda_kd: float = 1.0
     consistency: str = "kl"
     """``kl`` (KL over softmax-normalised features) or ``l2``."""
@@ -124,8 +124,6 @@ class SemanticFLParams:
     """Guidance mode: weight of the cross-entropy on the guidance labels (0 = off)."""
     guidance_anchors: bool = False
     """Guidance mode: also hold each own sample to its class's mean guidance feature."""
-    template: str = DEFAULT_TEMPLATE
-    projection: str = "auto"
     text_dim: int | Literal["auto"] = "auto"
     """Dimension of the teacher's text embeddings; ``auto``: the teacher's text encoder's (MiniLM 384;
     SD 1.x's CLIP ViT-L 768, SD 2.x's OpenCLIP-H 1024)."""

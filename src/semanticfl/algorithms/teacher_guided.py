@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 from torch import Tensor, nn
 
 from semanticfl.algorithms.base import Algorithm, AlgorithmSetup
 from semanticfl.errors import UserError
-from semanticfl.teachers.base import FeatureRequest
+from semanticfl.teachers.base import DEFAULT_TEMPLATE, FeatureRequest
 
 PROJECTION = "teacher_projection"
 
@@ -66,6 +67,28 @@ def resolve_auto_dims(params: Any, setup: AlgorithmSetup, caps: tuple[int, ...],
     return dataclasses.replace(params, **autos)
 
 
+@dataclass
+class TeacherFeatureParams:
+    """The teacher-feature settings of every teacher-guided algorithm (checked by
+    :func:`teacher_param_checks`), first in its ``Params``. Each algorithm's ``Params`` subclass gives
+    ``timestep``, ``layers`` and ``reduction`` its own defaults; its ``DIM_CAPS`` say what
+    ``layer_dims = "auto"`` keeps."""
+
+    timestep: int
+    """Noise level of the teacher's U-Net pass, in [0, 1000)."""
+    layers: tuple[str, ...]
+    """Fused teacher layers: ``latent`` or ``up<i>`` (negative i counts from the last up-block)."""
+    reduction: str
+    """How a layer's feature map becomes a vector: ``spatial_norm`` or ``gap``."""
+    layer_dims: tuple[int, ...] | Literal["auto"] = "auto"
+    """PCA dims per layer; ``auto``: the algorithm's ``DIM_CAPS``, each capped by the teacher's channels
+    in that layer (:func:`resolve_auto_dims`)."""
+    template: str = DEFAULT_TEMPLATE
+    """Class prompt template; ``{}`` stands for the class name."""
+    projection: str = "auto"
+    """``auto`` (identity when dimensions agree, else linear) or ``linear``."""
+
+
 class TeacherGuided(Algorithm):
     """FedAvg skeleton plus a projection head into a teacher space of ``teacher_dim`` dims.
 
@@ -107,7 +130,7 @@ class TeacherGuided(Algorithm):
 Check = tuple[bool, str]
 
 
-def teacher_param_checks(p: Any) -> list[Check]:
+def teacher_param_checks(p: TeacherFeatureParams) -> list[Check]:
     """Checks of the settings every teacher-guided algorithm has (timestep, layers, dims, ...), before
     ``"auto"`` dims are resolved."""
     dims = () if p.layer_dims == AUTO else p.layer_dims

@@ -35,6 +35,7 @@ from flwr_datasets.partitioner import (
     SizePartitioner,
 )
 
+from semanticfl.config import PartitionConfig
 from semanticfl.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -54,34 +55,12 @@ MAX_TICK_LABELS = 100
 
 
 @dataclass(frozen=True)
-class PartitionSpec:
-    """How to split a training set across clients.
+class PartitionSpec(PartitionConfig):
+    """How to split a training set across clients: the ``[partition]`` settings (their fields and
+    meanings are :class:`~semanticfl.config.PartitionConfig`'s) plus the seed."""
 
-    scheme: "iid" | "dirichlet" | "pathological" | "shards" | "quantity".
-    alpha: Dirichlet concentration of each class over clients ("dirichlet").
-    classes_per_client: exact number of classes per client ("pathological", #C=k).
-    class_assignment: how "pathological" picks each client's k classes: "deterministic" (k consecutive
-        classes, see ``_pathological_parts``), "random" (k drawn without replacement) or
-        "first-deterministic" (class p mod C, then k - 1 drawn: NIID-Bench's code); the draws use ``seed``.
-    shards_per_client: label-sorted shards dealt to each client ("shards").
-    quantity_alpha: Dirichlet concentration over client sizes, labels IID ("quantity").
-    imbalance_factor: long-tail ratio n_max / n_min applied before partitioning (1 = off).
-    min_partition_size: smallest allowed client ("dirichlet" and "quantity").
-    max_retries: how many seeds to try where sampling can fail.
-    seed: seed of every random step.
-    """
-
-    scheme: str = "dirichlet"
-    num_clients: int = 10
-    alpha: float = 0.5
-    classes_per_client: int = 2
-    class_assignment: str = "deterministic"
-    shards_per_client: int = 2
-    quantity_alpha: float = 0.5
-    imbalance_factor: float = 1.0
-    min_partition_size: int = 10
-    max_retries: int = 10
     seed: int = 0
+    """Seed of every random step (the run's ``experiment.seed``)."""
 
     def validate(self, num_samples: int, num_classes: int) -> None:
         """Raise ``UserError`` for a bad value, or one this dataset size cannot meet.
