@@ -23,7 +23,7 @@ import pytest
 import torch
 from PIL import Image
 
-from semanticfl.data import datasets, downloads, layouts
+from semanticfl.data import datasets, downloads
 from semanticfl.data.cache import fingerprint
 from semanticfl.data.datasets import (
     DATASETS,
@@ -34,6 +34,8 @@ from semanticfl.data.datasets import (
     images_to_tensor,
     load_image_dataset,
 )
+from semanticfl.data.layouts.cifar import CifarPickleLayout
+from semanticfl.data.layouts.idx import IdxLayout
 from semanticfl.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -100,7 +102,7 @@ def _write_mnist_style(folder: Path, gz: bool, seed: int = 0, train_labels=None)
         rng.integers(0, 256, (5, 28, 28), dtype=np.uint8),
         rng.integers(0, 10, 5).astype(np.uint8),
     )
-    for stem, array in zip(layouts.IdxLayout.STEMS, arrays):
+    for stem, array in zip(IdxLayout.STEMS, arrays):
         _write_idx(folder / (stem + (".gz" if gz else "")), array)
     return arrays
 
@@ -108,7 +110,7 @@ def _write_mnist_style(folder: Path, gz: bool, seed: int = 0, train_labels=None)
 def _write_cifar_pickles(folder: Path, name: str, seed: int = 0):
     """A small CIFAR python release of ``name``; returns (train images, train labels, test images, test labels)."""
     rng = np.random.default_rng(seed)
-    layout = layouts.CifarPickleLayout(folder, name)
+    layout = CifarPickleLayout(folder, name)
     classes = len(DATASETS[name].classes)
     folder.mkdir(parents=True, exist_ok=True)
     batches = {}
@@ -444,7 +446,7 @@ def test_second_load_reads_the_cache_without_decoding(tmp_path, monkeypatch):
     def fail(*_):
         raise AssertionError("decoded again")
 
-    monkeypatch.setattr(layouts.IdxLayout, "decode", fail)
+    monkeypatch.setattr(IdxLayout, "decode", fail)
     second = _load_idx_dataset(tmp_path)
     assert isinstance(second.train_images, np.memmap) and np.array_equal(second.train_images[:, 0], arrays[0])
     folder = _cache_folders(tmp_path / "cache", "mnist")[0]

@@ -10,15 +10,8 @@ import torch
 from PIL import Image
 
 from semanticfl.data.datasets import DATASETS, ImageDataset
-from semanticfl.data.multimodal import (
-    WordTokenizer,
-    class_level_benchmark,
-    load_ag_news,
-    load_cifar100,
-    load_coco_captions,
-    load_flickr30k,
-    split_class_text,
-)
+from semanticfl.data.multimodal import WordTokenizer, class_level_benchmark, split_class_text
+from semanticfl.data.paper_sets import load_ag_news, load_cifar100, load_coco_captions, load_flickr30k
 from semanticfl.data.wordnet import (
     SYSTEM_WORDNET_DIR,
     WordNetNouns,

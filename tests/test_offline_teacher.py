@@ -23,7 +23,8 @@ from semanticfl.teachers.offline import (
     shipped_teacher_dir,
     teacher_info,
 )
-from semanticfl.teachers.offline_training import encode_latents, train_offline_teacher
+from semanticfl.teachers.offline_data import encode_latents
+from semanticfl.teachers.offline_training import train_offline_teacher
 from semanticfl.teachers.quality import evaluate_teacher
 
 TINY_UNET = {"block_out_channels": (32, 32, 32), "norm_num_groups": 8, "attention_head_dim": 4}

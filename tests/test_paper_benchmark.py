@@ -17,13 +17,8 @@ from semanticfl.algorithms.base import ClientTask
 from semanticfl.algorithms.fedafd import PAPER_PATHS
 from semanticfl.algorithms.multimodal import class_level_info_nce, pair_recalls, retrieval_recalls
 from semanticfl.data.datasets import DATASETS, ImageDataset
-from semanticfl.data.multimodal import (
-    CaptionedImages,
-    LabelledText,
-    PaperSets,
-    WordTokenizer,
-    paper_benchmark,
-)
+from semanticfl.data.multimodal import WordTokenizer
+from semanticfl.data.paper_sets import CaptionedImages, LabelledText, PaperSets, paper_benchmark
 from semanticfl.data.partition import PartitionSpec
 from semanticfl.errors import UserError
 from semanticfl.models import state_to_numpy
@@ -64,8 +59,8 @@ def _sets() -> PaperSets:
 
 
 def _bench(**overrides):
-    settings = dict(public_pairs=PUBLIC, server_test_images=SERVER_TEST, flickr_test_images=FLICKR_TEST,
-                    seed=0, test_size=10)
+    settings = {"public_pairs": PUBLIC, "server_test_images": SERVER_TEST, "flickr_test_images": FLICKR_TEST,
+                "seed": 0, "test_size": 10}
     spec = PartitionSpec(scheme="iid", num_clients=len(KINDS))
     return paper_benchmark(_sets(), KINDS, spec, **{**settings, **overrides})
 

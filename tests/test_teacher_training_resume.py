@@ -9,12 +9,14 @@ from safetensors.torch import load_file
 
 from semanticfl.errors import UserError
 from semanticfl.teachers import offline
-from semanticfl.teachers.offline_training import STATE_DIR, read_plan, train_offline_teacher
+from semanticfl.teachers.offline_state import STATE_DIR, read_plan
+from semanticfl.teachers.offline_training import train_offline_teacher
 
 TINY_UNET = {"block_out_channels": (32, 32, 32), "norm_num_groups": 8, "attention_head_dim": 4}
-PLAN = dict(
-    holdout_size=2000, holdout_seed=3, limit=64, batch_size=16, lr=1e-3, unet_config=TINY_UNET, threads=1
-)
+PLAN = {
+    "holdout_size": 2000, "holdout_seed": 3, "limit": 64, "batch_size": 16, "lr": 1e-3, "unet_config": TINY_UNET,
+    "threads": 1,
+}
 STEPS = 6
 
 pytestmark = pytest.mark.usefixtures("fashion_mnist_available")

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from semanticfl.data.layouts import Splits, one_line
+from semanticfl.data.layouts.base import Splits, one_line
 from semanticfl.errors import UserError
 from semanticfl.files import atomic_write
 

@@ -1,7 +1,7 @@
 """Image-classification datasets: `ImageDataset` and `load_image_dataset`, which finds, decodes and checks one.
 
 Its parts sit in four modules below it, each importing only those listed before it: `registry.py` (the
-specs), `layouts.py` (on-disk layouts, format readers, image decoding, label checks), `cache.py` (the
+specs), `layouts/` (on-disk layouts, one module per format, image decoding, label checks), `cache.py` (the
 decode-once cache), `downloads.py` (checksummed downloads). This module picks the places to look, joins the
 parts and re-exports the registry (`DATASETS`, `DatasetSpec`, `dataset_names`, `get_spec`).
 
@@ -47,16 +47,12 @@ import torch
 
 from semanticfl.data.cache import CACHE_ENV, fingerprint, read_cache, write_cache
 from semanticfl.data.downloads import download_official
-from semanticfl.data.layouts import (
-    DATA_ENV,
-    IdxLayout,
-    ImageFolderLayout,
-    Layout,
-    ParquetLayout,
-    check_split,
-    measured_spec,
-    official_layouts,
-)
+from semanticfl.data.layouts import official_layouts
+from semanticfl.data.layouts.base import DATA_ENV, Layout
+from semanticfl.data.layouts.checks import check_split, measured_spec
+from semanticfl.data.layouts.folders import ImageFolderLayout
+from semanticfl.data.layouts.idx import IdxLayout
+from semanticfl.data.layouts.parquet import ParquetLayout
 from semanticfl.data.registry import DATASETS, DatasetSpec, dataset_names, get_spec
 from semanticfl.errors import UserError
 

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from semanticfl.data.cache import CACHE_ENV
-from semanticfl.data.layouts import DATA_ENV, Layout, official_layouts, one_line
+from semanticfl.data.layouts import official_layouts
+from semanticfl.data.layouts.base import DATA_ENV, Layout, one_line
 from semanticfl.errors import UserError
 
 log = logging.getLogger(__name__)

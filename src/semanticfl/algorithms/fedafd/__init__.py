@@ -45,7 +45,7 @@ public set alone, nothing is exchanged but the engine's model broadcast, which c
 Data (``benchmark``): ``class_level`` is the offline class-level image-text benchmark (CIFAR-10 +
 WordNet sentences, :func:`~semanticfl.data.multimodal.class_level_benchmark`); ``paper`` is the
 paper's setup from user paths -- CIFAR-100 image clients, AG_NEWS text clients, Flickr30k image-text
-clients, COCO public and server-test pairs (:func:`~semanticfl.data.multimodal.paper_benchmark`),
+clients, COCO public and server-test pairs (:func:`~semanticfl.data.paper_sets.paper_benchmark`),
 with image heads of 100 classes and text heads of 4, and retrieval relevance per image.
 
 Deviations (see docs/ALGORITHMS.md): the paper's server uses a PCME loss (ResNet-101 + BERT) and its

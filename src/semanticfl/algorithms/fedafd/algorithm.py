@@ -42,15 +42,13 @@ from semanticfl.algorithms.multimodal import (
     pair_recalls,
     parse_client_spec,
 )
-from semanticfl.data.multimodal import (
-    MultimodalBenchmark,
+from semanticfl.data.multimodal import MultimodalBenchmark, class_level_benchmark, split_class_text
+from semanticfl.data.paper_sets import (
     PaperSets,
-    class_level_benchmark,
     load_ag_news,
     load_coco_captions,
     load_flickr30k,
     paper_benchmark,
-    split_class_text,
 )
 from semanticfl.data.wordnet import CLASS_SYNSETS, class_sentences
 from semanticfl.errors import UserError
@@ -207,7 +205,7 @@ class FedAFD(OwnsModelsAndData):
 
     def _paper_benchmark(self) -> MultimodalBenchmark:
         """CIFAR-100 (the experiment's dataset), AG_NEWS, Flickr30k and COCO from the path
-        parameters; see :func:`~semanticfl.data.multimodal.paper_benchmark` for the splits."""
+        parameters; see :func:`~semanticfl.data.paper_sets.paper_benchmark` for the splits."""
         e, p = self.experiment, self.params
         size = e.dataset.image_size
         sets = PaperSets(
