@@ -1,7 +1,7 @@
 """Property-based bad input: every wrong value, name, override or file is a one-line UserError.
 
 The CLI turns a UserError into ``semanticfl: error: ...`` on one line and exit code 2; these tests
-generate bad input for every setting of config.py (found by walking its dataclasses) and of every
+generate bad input for every setting of semanticfl.config (found by walking its dataclasses) and of every
 algorithm's ``Params``, for partitioning, and for every dataset format the loaders read, and check
 that nothing else escapes and that no existing file is touched. Hypothesis runs derandomized, so the
 same examples are tried every time.
@@ -186,7 +186,7 @@ def cli_rejects(capsys, *argv: str, about: str = "") -> str:
 
 
 def config_fields() -> list[tuple[str, str, Any]]:
-    """(section, key, annotated type) of every setting of config.py but ``algorithm``'s own tables."""
+    """(section, key, annotated type) of every setting of semanticfl.config but ``algorithm``'s own tables."""
     fields = []
     for section, section_type in get_type_hints(Config).items():
         hints = get_type_hints(section_type)
@@ -338,7 +338,7 @@ VALID_RANGE: dict[str, Callable[[float], bool]] = {
     "teacher.guidance_scale": lambda v: 0 <= v <= FLOAT32_MAX,
     "faults.hang_s": above(0),
 }
-"""What each number of config.py may be (the partition's numbers depend on the dataset: see below)."""
+"""What each number of semanticfl.config may be (the partition's numbers depend on the dataset: see below)."""
 
 
 def test_every_number_in_the_config_has_a_documented_valid_range():
@@ -555,7 +555,7 @@ def plausible_values(annotation: Any) -> st.SearchStrategy:
 
 @st.composite
 def config_documents(draw) -> dict[str, dict[str, Any]]:
-    """A TOML document that sets a few of config.py's real settings to plausible or mistyped values."""
+    """A TOML document that sets a few of the config's real settings to plausible or mistyped values."""
     document: dict[str, dict[str, Any]] = {}
     for section, key, annotation in draw(st.lists(st.sampled_from(FIELDS), max_size=6, unique=True)):
         value = draw(st.one_of(plausible_values(annotation), wrong_type_values(annotation)))
