@@ -192,3 +192,18 @@ def wait_for_text(path: Path, text: str, proc: subprocess.Popen, timeout: float 
         if time.monotonic() > deadline:
             raise TimeoutError(f"{path} did not say {text!r} within {timeout} s")
         time.sleep(0.5)
+
+
+def start_insecure_federation(procs: Processes, supernodes: int) -> int:
+    """A SuperLink and ``supernodes`` SuperNodes (partition ids 0..n-1) on 127.0.0.1, without TLS, as
+    ``procs`` "superlink" and "supernode<i>"; returns the SuperLink's port."""
+    link_port = free_port()
+    procs.start("superlink", "flower-superlink", "--insecure", "--port", str(link_port))
+    wait_for_port(link_port)
+    for i in range(supernodes):
+        procs.start(
+            f"supernode{i}", "flower-supernode", "--insecure",
+            "--superlink", f"127.0.0.1:{link_port}", "--port", str(free_port()),
+            "--node-config", f"partition-id={i} num-partitions={supernodes}",
+        )
+    return link_port

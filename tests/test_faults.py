@@ -11,13 +11,12 @@ import pytest
 import torch
 from helpers import (
     Processes,
-    free_port,
     read_rounds,
     run_dirs,
     semanticfl,
+    start_insecure_federation,
     start_semanticfl,
     wait_for_file,
-    wait_for_port,
     wait_for_run_dir,
 )
 
@@ -191,18 +190,10 @@ def test_killed_supernodes_are_survived_then_stop_the_run_cleanly(tmp_path):
     """Three SuperNodes, train.min_clients=2. SuperNode 2 is SIGKILLed once round 1 is
     checkpointed: round 2 aggregates the other two. SuperNode 1 is killed once round 2 is
     checkpointed: round 3 has one client, so the run stops with exit 1 and one line."""
-    link_port = free_port()
     procs = Processes(tmp_path)
     log = tmp_path / "run.log"
     try:
-        procs.start("superlink", "flower-superlink", "--insecure", "--port", str(link_port))
-        wait_for_port(link_port)
-        for i in range(3):
-            procs.start(
-                f"supernode{i}", "flower-supernode", "--insecure",
-                "--superlink", f"127.0.0.1:{link_port}", "--port", str(free_port()),
-                "--node-config", f"partition-id={i} num-partitions=3",
-            )
+        link_port = start_insecure_federation(procs, 3)
         out = tmp_path / "runs"
         run = start_semanticfl(
             "run", "quickstart", *TINY, "partition.num_clients=3", "train.rounds=3", "train.min_clients=2",

@@ -9,12 +9,11 @@ from pathlib import Path
 import pytest
 from helpers import (
     Processes,
-    free_port,
     read_rounds,
     run_dirs,
     semanticfl,
+    start_insecure_federation,
     start_semanticfl,
-    wait_for_port,
     wait_for_run_dir,
     wait_for_text,
 )
@@ -175,18 +174,10 @@ def test_a_supernode_killed_during_the_offload_exchange_is_left_out_and_the_roun
     """Three SuperNodes on 127.0.0.1; client 2 hangs in the offload exchange (faults.rounds=[0]) and its
     SuperNode is SIGKILLed there. The server leaves client 2 out of the offload (an error or no reply, never
     a crash) and round 1 aggregates the other two (train.min_clients=2)."""
-    link_port = free_port()
     procs = Processes(tmp_path)
     log = tmp_path / "run.log"
     try:
-        procs.start("superlink", "flower-superlink", "--insecure", "--port", str(link_port))
-        wait_for_port(link_port)
-        for i in range(3):
-            procs.start(
-                f"supernode{i}", "flower-supernode", "--insecure",
-                "--superlink", f"127.0.0.1:{link_port}", "--port", str(free_port()),
-                "--node-config", f"partition-id={i} num-partitions=3",
-            )
+        link_port = start_insecure_federation(procs, 3)
         out = tmp_path / "runs"
         run = start_semanticfl(
             "run", "quickstart", *TINY, f"teacher.path={tiny_sd}", *SEMANTICFL, "algorithm.semanticfl.mode=offload",
