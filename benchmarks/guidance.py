@@ -110,11 +110,8 @@ def main() -> None:
     parser.add_argument("--teacher", help="teacher.path of the rows that use a teacher")
     parser.add_argument("--table", action="store_true")
     args = parser.parse_args()
-    for name in args.rows:
-        parse_row(name)
-    for name in args.rows:
-        run_guidance_row(name, args.teacher)
-        RESULTS.write_text(json.dumps(table_rows(), indent=1) + "\n")
+    runqueue.run_queue(args.rows, parse_row, lambda name: run_guidance_row(name, args.teacher),
+                       lambda: RESULTS.write_text(json.dumps(table_rows(), indent=1) + "\n"))
     if args.table:
         print(markdown(table_rows()))
 

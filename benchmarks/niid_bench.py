@@ -97,13 +97,9 @@ def main() -> None:
     if args.table:
         print(markdown(results()))
         return
-    rows = args.rows or DEFAULT_ROWS
-    for name in rows:
-        parse_row(name)
-    for name in rows:
-        runqueue.run_row(OUT, name, "cifar10_cnn", overrides(name))
-        RESULTS.write_text(json.dumps(results(), indent=1) + "\n")
-
+    runqueue.run_queue(args.rows or DEFAULT_ROWS, parse_row,
+                       lambda name: runqueue.run_row(OUT, name, "cifar10_cnn", overrides(name)),
+                       lambda: RESULTS.write_text(json.dumps(results(), indent=1) + "\n"))
 
 if __name__ == "__main__":
     main()

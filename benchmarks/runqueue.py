@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import subprocess
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 
@@ -38,6 +38,17 @@ def run_row(out: Path, name: str, config: str, overrides: Sequence[str], prefix:
         command = ["semanticfl", "run", config, f"experiment.name={name}", f"experiment.output_dir={out}", *overrides]
     print("+", " ".join(command), flush=True)
     subprocess.run([*prefix, *command], check=True)
+
+
+def run_queue(names: Sequence[str], check: Callable[[str], object], run_one: Callable[[str], None],
+              write_results: Callable[[], None]) -> None:
+    """Check every row name first (a typo stops before anything runs), then run the rows in order and
+    rewrite the results file after each one, so a finished row is on disk at once."""
+    for name in names:
+        check(name)
+    for name in names:
+        run_one(name)
+        write_results()
 
 
 def finished_runs(out: Path) -> Iterator[tuple[Path, dict]]:
