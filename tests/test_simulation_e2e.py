@@ -49,6 +49,9 @@ def test_compare_runs_each_algorithm_on_the_same_partition(tmp_path):
         "compare", *overrides, "train.rounds=1", "eval.target_accuracy=5", "eval.federated=true",
         "--algorithms", "fedavg,fedprox",
         f"experiment.output_dir={tmp_path}", cwd=tmp_path,
+        # A cluster named by the environment (or by Ray's /tmp/ray/ray_current_cluster, e.g. left by
+        # someone's `ray start`) is not joined: every run starts Ray of its own.
+        env={"RAY_ADDRESS": "127.0.0.1:9"},
     )
     assert result.returncode == 0, result.stderr[-3000:]
     (folder,) = run_dirs(tmp_path)

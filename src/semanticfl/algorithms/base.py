@@ -33,13 +33,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from semanticfl.algorithms.regularizers import cast_like, mean64
-from semanticfl.config import build_dataclass
+from semanticfl.config import Config, build_dataclass
 from semanticfl.models import load_numpy_state, state_to_numpy
 from semanticfl.teachers.base import GuidanceSet, TeacherRequests, TeacherShape
 from semanticfl.verified import Arrays
 
 if TYPE_CHECKING:
     from semanticfl.data.datasets import ImageDataset
+    from semanticfl.data.partition import PartitionSpec
 
 
 @dataclass(frozen=True)
@@ -171,13 +172,13 @@ class NoParams:
 class ExperimentView(Protocol):
     """What :meth:`OwnsModelsAndData.bind` may read of the engine's experiment (built from the config)."""
 
-    config: Any
+    config: Config
     dataset: ImageDataset
     partitions: list[np.ndarray]
     """Per client, indices into the training split."""
     holdout_indices: np.ndarray
     """The server's public split: training indices no client holds."""
-    partition_spec: Any
+    partition_spec: PartitionSpec
     """The run's :class:`~semanticfl.data.partition.PartitionSpec` (``[partition]``, seeded)."""
 
     def train_transform(self) -> Callable[[torch.Tensor, torch.Generator | None], torch.Tensor]: ...

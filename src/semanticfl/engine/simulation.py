@@ -26,6 +26,10 @@ def backend_config(experiment: Experiment) -> dict[str, Any]:
     ``engine.parallel_clients`` (0 = one per core) actors share the machine, so with the
     default of one thread per client the cores are used without being oversubscribed.
 
+    Ray always starts a local instance of its own (``address="local"``): a plain ``ray.init()`` would
+    join whatever cluster ``RAY_ADDRESS`` or Ray's ``/tmp/ray/ray_current_cluster`` names -- another
+    user's ``ray start`` or a stale file -- where ``num_cpus`` is refused and the run crashes.
+
     The Ray workers' own output (each actor's "Manually terminating ClientAppActor" and Ray's
     C++ messages when it shuts down) reaches this terminal only in verbose mode (``semanticfl -v``,
     i.e. the ``semanticfl`` logger at INFO); otherwise it stays in Ray's session logs. A client's
@@ -40,6 +44,7 @@ def backend_config(experiment: Experiment) -> dict[str, Any]:
     return {
         "client_resources": resources,
         "init_args": {
+            "address": "local",
             "num_cpus": parallel,
             "include_dashboard": False,
             "logging_level": logging.INFO if verbose else logging.ERROR,

@@ -42,6 +42,7 @@ from semanticfl.algorithms.multimodal import (
     pair_recalls,
     parse_client_spec,
 )
+from semanticfl.config import Config
 from semanticfl.data.multimodal import MultimodalBenchmark, class_level_benchmark, split_class_text
 from semanticfl.data.paper_sets import (
     PaperSets,
@@ -93,7 +94,7 @@ class FedAFDRunSettings:
     from."""
 
     @classmethod
-    def from_config(cls, config: Any, server_epochs: int) -> FedAFDRunSettings:
+    def from_config(cls, config: Config, server_epochs: int) -> FedAFDRunSettings:
         t, device = config.train, config.engine.device
         return cls(
             dataset=config.data.dataset,
@@ -166,7 +167,7 @@ class FedAFD(OwnsModelsAndData):
         self.experiment = experiment
 
     @staticmethod
-    def _check_class_level_settings(config: Any) -> None:
+    def _check_class_level_settings(config: Config) -> None:
         if config.data.dataset not in CLASS_SYNSETS:
             raise UserError(
                 f"fedafd runs on the class-level image-text benchmark of: {', '.join(CLASS_SYNSETS)} "
@@ -176,7 +177,7 @@ class FedAFD(OwnsModelsAndData):
         if config.data.server_holdout <= 0:
             raise UserError("fedafd needs a public paired set: set data.server_holdout > 0 (public images)")
 
-    def _check_paper_settings(self, config: Any) -> None:
+    def _check_paper_settings(self, config: Config) -> None:
         """The paper benchmark's dataset, split sizes and paths, before anything is loaded."""
         p = self.params
         if config.data.dataset != "cifar100":
