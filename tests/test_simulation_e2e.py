@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -65,3 +66,18 @@ def test_compare_runs_each_algorithm_on_the_same_partition(tmp_path):
     partitions = [(Path(r["run_dir"]) / "partition.csv").read_text() for r in rows]
     assert partitions[0] == partitions[1]
     assert "fedprox" in result.stdout and "comparison" in result.stdout
+
+
+def test_a_crashed_simulation_engine_stops_the_run_in_one_line_without_waiting_for_its_clients(tmp_path):
+    # Ray cannot start when its socket path passes the 107-byte AF_UNIX limit: Flower's Simulation
+    # Engine crashes before any client exists, and the ServerApp must not sit out client_timeout_s.
+    ray_tmp = tmp_path / ("r" * 110)
+    ray_tmp.mkdir()
+    started = time.monotonic()
+    result = semanticfl("run", *SMALL_RUN, "train.client_timeout_s=600", f"experiment.output_dir={tmp_path}",
+                        cwd=tmp_path, timeout=300, env={"RAY_TMPDIR": str(ray_tmp)})
+    assert time.monotonic() - started < 120
+    assert result.returncode == 1, result.stderr[-3000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("semanticfl: run stopped: Flower's Simulation Engine stopped: OSError:"), last
+    assert "AF_UNIX path length" in last and "semanticfl run --resume" in last

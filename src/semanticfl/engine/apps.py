@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import logging
+import threading
 import tomllib
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from flwr.app import Context
+from flwr.app import Context, Message
 from flwr.serverapp import Grid, ServerApp
 
 from semanticfl.config import config_from_dict
@@ -30,6 +33,46 @@ def serve(
     return server.run(grid, until_round or None)
 
 
+class EngineStopped(RunAborted):
+    """The Simulation Engine ended while the ServerApp still waited for its clients."""
+
+
+@dataclass
+class EngineSignals:
+    """Between the Simulation Engine's caller and its ServerApp thread."""
+
+    stopped: threading.Event = field(default_factory=threading.Event)
+    """Set by the caller when the engine has ended: the ServerApp stops polling (:class:`GuardedGrid`)."""
+    server_done: threading.Event = field(default_factory=threading.Event)
+    """Set by the ServerApp thread when it returns or raises."""
+
+
+class GuardedGrid:
+    """The Simulation Engine's grid as the ServerApp polls it: once ``stopped`` is set (the engine
+    crashed, e.g. Ray could not start), the next poll raises :class:`EngineStopped`, so the ServerApp's
+    thread ends at once instead of waiting out ``train.client_timeout_s`` for replies no client will
+    send -- a thread that would keep the process alive after the error was reported."""
+
+    def __init__(self, grid: Grid, stopped: threading.Event) -> None:
+        self.grid = grid
+        self.stopped = stopped
+
+    def get_node_ids(self) -> Iterable[int]:
+        self._check()
+        return self.grid.get_node_ids()
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        self._check()
+        return self.grid.pull_messages(message_ids)
+
+    def _check(self) -> None:
+        if self.stopped.is_set():
+            raise EngineStopped("the Simulation Engine stopped")
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.grid, name)
+
+
 def build_server_app(
     experiment: Experiment,
     config_toml: str,
@@ -37,13 +80,19 @@ def build_server_app(
     resume: bool,
     until_round: int,
     result: dict[str, Any],
+    signals: EngineSignals,
 ) -> ServerApp:
-    """A ServerApp bound to an already-built experiment (simulation: same process as the CLI)."""
+    """A ServerApp bound to an already-built experiment (simulation: same process as the CLI); it stops
+    polling its clients once ``signals.stopped`` is set."""
     app = ServerApp()
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
-        result.update(serve(grid, experiment, config_toml, run_dir, resume, until_round))
+        guarded: Any = GuardedGrid(grid, signals.stopped)
+        try:
+            result.update(serve(guarded, experiment, config_toml, run_dir, resume, until_round))
+        finally:
+            signals.server_done.set()
 
     return app
 

@@ -52,11 +52,9 @@ class AuditingGrid:
         self.grid = grid
         self.path = path
 
-    def send_and_receive(self, messages: Iterable[Message], *args: Any, **kwargs: Any) -> list[Message]:
-        return self._logged(self.grid.send_and_receive(messages, *args, **kwargs))
-
     def pull_messages(self, message_ids: Iterable[str]) -> list[Message]:
-        """Replies pulled one batch at a time (:func:`~semanticfl.engine.exchanges.send_and_match` in waves)."""
+        """Replies, one poll at a time (every exchange polls through
+        :func:`~semanticfl.engine.exchanges.send_and_match`)."""
         return self._logged(self.grid.pull_messages(message_ids))
 
     def _logged(self, replies: Iterable[Message]) -> list[Message]:

@@ -56,13 +56,11 @@ def send_and_match(
 ) -> Replies:
     """Send ``messages`` (client id → message), wait up to ``timeout`` s, match replies by message id.
 
-    ``waves`` (client ids in groups) pushes the messages one group at a time, :data:`WAVE_GAP_S` apart, so
+    ``waves`` (lists of client ids) pushes the messages a wave at a time, :data:`WAVE_GAP_S` apart, so
     that the Simulation Engine, which queues what one poll finds in node order, starts them in that order
     (see :func:`longest_first_waves`); ``None`` pushes them all at once."""
-    if waves is None:
-        replies = list(grid.send_and_receive(list(messages.values()), timeout=timeout))
-    else:
-        replies = _send_in_waves(grid, [[messages[key] for key in wave] for wave in waves], timeout)
+    waves = [list(messages)] if waves is None else waves
+    replies = _push_and_pull(grid, [[messages[key] for key in wave] for wave in waves], timeout)
     by_message = {message.metadata.message_id: key for key, message in messages.items()}
     outcome = Replies()
     for reply in replies:
@@ -75,8 +73,9 @@ def send_and_match(
     return outcome
 
 
-def _send_in_waves(grid: Grid, waves: list[list[Message]], timeout: float) -> list[Message]:
-    """Push each wave, then pull replies (like ``Grid.send_and_receive``) until all came or ``timeout``."""
+def _push_and_pull(grid: Grid, waves: list[list[Message]], timeout: float) -> list[Message]:
+    """Push each wave, then pull replies (as ``Grid.send_and_receive`` does, but polling through
+    ``grid.pull_messages``, which a guarded or audited grid wraps) until all came or ``timeout``."""
     deadline = time.monotonic() + timeout
     pending: set[str] = set()
     replies: list[Message] = []

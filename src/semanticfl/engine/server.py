@@ -180,19 +180,19 @@ class FederatedServer:
         while len(node_ids) < wanted and time.monotonic() < deadline:
             time.sleep(0.5)
             node_ids = list(grid.get_node_ids())
-        messages = [
-            Message(self._content(round_number=0), dst_node_id=node, message_type="query")
+        messages = {
+            node: Message(self._content(round_number=0), dst_node_id=node, message_type="query")
             for node in node_ids
-        ]
+        }
+        replies = exchanges.send_and_match(grid, messages, timeout)
+        for node, reason in sorted(replies.errors.items()):
+            log.warning("node %s failed to identify: %s", node, reason)
         nodes: dict[int, int] = {}
-        for reply in grid.send_and_receive(messages, timeout=timeout):
-            if reply.has_error():
-                log.warning("node %s failed to identify: %s", reply.metadata.src_node_id, reply.error.reason)
-                continue
+        for node, reply in replies.ok.items():
             partition_id = int(reply.content[records.METRICS]["partition_id"])
             if partition_id in nodes:
                 raise UserError(f"two nodes claim partition-id {partition_id}; give each SuperNode its own")
-            nodes[partition_id] = reply.metadata.src_node_id
+            nodes[partition_id] = node
         if len(nodes) < self.config.train.min_clients:
             raise RunAborted(
                 f"only {len(nodes)} client nodes answered (train.min_clients="

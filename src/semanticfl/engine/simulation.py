@@ -8,6 +8,10 @@ from typing import Any
 
 from semanticfl.config import EngineConfig
 from semanticfl.engine.experiment import Experiment
+from semanticfl.errors import RunAborted
+
+SERVER_STOP_S = 10.0
+"""How long a crashed engine's caller waits for the ServerApp thread to notice (it polls every 0.1-0.5 s)."""
 
 
 def available_cores() -> int:
@@ -61,11 +65,12 @@ def run_simulation_engine(
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     from flwr.simulation import run_simulation
 
-    from semanticfl.engine.apps import build_server_app
+    from semanticfl.engine.apps import EngineSignals, build_server_app
     from semanticfl.engine.client import client_app
 
     result: dict[str, Any] = {}
-    server_app = build_server_app(experiment, config_toml, run_dir, resume, until_round, result)
+    signals = EngineSignals()
+    server_app = build_server_app(experiment, config_toml, run_dir, resume, until_round, result, signals)
     flwr_logger = logging.getLogger("flwr")
     level = flwr_logger.level
     flwr_logger.setLevel(logging.ERROR)
@@ -76,6 +81,22 @@ def run_simulation_engine(
             num_supernodes=experiment.config.partition.num_clients,
             backend_config=backend_config(experiment),
         )
+    except RunAborted:  # the ServerApp's own stop (too few clients, ...), re-raised by Flower
+        raise
+    except RuntimeError as crash:  # Flower's "An error was encountered. Ending simulation."
+        signals.stopped.set()
+        signals.server_done.wait(SERVER_STOP_S)
+        raise RunAborted(
+            f"Flower's Simulation Engine stopped: {root_cause(crash)} (the last checkpoint, if any, "
+            f"continues with: semanticfl run --resume {run_dir})"
+        ) from crash
     finally:
         flwr_logger.setLevel(level)
     return result
+
+
+def root_cause(error: BaseException) -> str:
+    """The innermost exception of ``error``'s ``raise ... from`` chain, as ``Type: message``."""
+    while error.__cause__ is not None:
+        error = error.__cause__
+    return f"{type(error).__name__}: {error}"
