@@ -101,5 +101,6 @@ def main() -> None:
                        lambda name: runqueue.run_row(OUT, name, "cifar10_cnn", overrides(name)),
                        lambda: RESULTS.write_text(json.dumps(results(), indent=1) + "\n"))
 
+
 if __name__ == "__main__":
     main()
