@@ -79,19 +79,24 @@ def run_guidance_row(name: str, teacher: str | None) -> None:
     runqueue.run_row(OUT, name, config, overrides)
 
 
+def row_name(row: dict) -> str:
+    return f"{row['dataset']}-{row['setting']}-{row['method']}-s{row['seed']}"
+
+
 def table_rows() -> list[dict]:
-    rows = []
+    """The committed rows, each replaced by its finished run under ``OUT`` if there is one."""
+    rows = {row_name(row): row for row in runqueue.read_results(RESULTS, [])}
     for folder, summary in runqueue.finished_runs(OUT):
         dataset, setting, method, seed = parse_row(summary["experiment"])
         teacher = tomllib.loads((folder / "config.toml").read_text()).get("teacher", {}).get("path", "")
-        rows.append({
+        rows[summary["experiment"]] = {
             "dataset": dataset, "setting": setting, "method": method, "seed": seed,
             "teacher": (teacher or "shipped") if method in USES_TEACHER else "",
             "final_test_accuracy": summary["final_accuracy"], "final_val_accuracy": summary["final_val_accuracy"],
             "best_test_accuracy": summary["best_accuracy"], "seconds": summary["total_time_s"],
             "guidance_mb_down_per_client": (summary.get("guidance_bytes_down_per_client") or 0) / 1e6,
-        })
-    return rows
+        }
+    return list(rows.values())
 
 
 def markdown(rows: list[dict]) -> str:
@@ -111,7 +116,8 @@ def main() -> None:
     parser.add_argument("--table", action="store_true")
     args = parser.parse_args()
     runqueue.run_queue(args.rows, parse_row, lambda name: run_guidance_row(name, args.teacher),
-                       lambda: RESULTS.write_text(json.dumps(table_rows(), indent=1) + "\n"))
+                       lambda: RESULTS.write_text(json.dumps(table_rows(), indent=1) + "\n"),
+                       lambda name: any(row_name(row) == name for row in runqueue.read_results(RESULTS, [])))
     if args.table:
         print(markdown(table_rows()))
 

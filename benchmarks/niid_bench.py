@@ -68,7 +68,8 @@ def overrides(name: str) -> list[str]:
 
 
 def results() -> dict:
-    table: dict = {}
+    """The committed table, updated with every finished run under ``OUT``."""
+    table: dict = runqueue.read_results(RESULTS, {})
     for _, summary in runqueue.finished_runs(OUT):
         setting, method, seed = parse_row(summary["experiment"])
         table.setdefault(setting, {})[method] = {
@@ -76,6 +77,12 @@ def results() -> dict:
             "local_epochs": 10, "seconds": round(summary["total_time_s"], 1), "seed": seed,
         }
     return table
+
+
+def recorded(name: str) -> bool:
+    setting, method, seed = parse_row(name)
+    row = runqueue.read_results(RESULTS, {}).get(setting, {}).get(method)
+    return row is not None and row["seed"] == seed
 
 
 def markdown(table: dict) -> str:
@@ -99,7 +106,7 @@ def main() -> None:
         return
     runqueue.run_queue(args.rows or DEFAULT_ROWS, parse_row,
                        lambda name: runqueue.run_row(OUT, name, "cifar10_cnn", overrides(name)),
-                       lambda: RESULTS.write_text(json.dumps(results(), indent=1) + "\n"))
+                       lambda: RESULTS.write_text(json.dumps(results(), indent=1) + "\n"), recorded)
 
 
 if __name__ == "__main__":

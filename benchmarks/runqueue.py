@@ -1,8 +1,9 @@
 """A benchmark table as a queue of named rows, each one `semanticfl run` (shared by the table scripts).
 
-A row's run lives in ``OUT/NAME-<timestamp>/``. A finished row (``summary.json`` says ``complete``) is
-skipped; an interrupted one with a checkpoint is continued with ``semanticfl run --resume`` (exact); any
-other is started afresh. So a long table can be stopped at any moment and the same command continues it.
+A row's run lives in ``OUT/NAME-<timestamp>/``. A finished row (``summary.json`` says ``complete``, or the
+committed results file already holds it) is skipped; an interrupted one with a checkpoint is continued with
+``semanticfl run --resume`` (exact); any other is started afresh. So a long table can be stopped at any moment
+and the same command continues it, also in a fresh clone where ``OUT`` (git-ignored) is empty.
 """
 
 from __future__ import annotations
@@ -41,14 +42,23 @@ def run_row(out: Path, name: str, config: str, overrides: Sequence[str], prefix:
 
 
 def run_queue(names: Sequence[str], check: Callable[[str], object], run_one: Callable[[str], None],
-              write_results: Callable[[], None]) -> None:
+              write_results: Callable[[], None], recorded: Callable[[str], bool]) -> None:
     """Check every row name first (a typo stops before anything runs), then run the rows in order and
-    rewrite the results file after each one, so a finished row is on disk at once."""
+    rewrite the results file after each one, so a finished row is on disk at once. A row the results file
+    already holds (``recorded``) is skipped: the results file is committed, the run folders are not."""
     for name in names:
         check(name)
     for name in names:
+        if recorded(name):
+            print(f"= {name}: in the results file, skipped", flush=True)
+            continue
         run_one(name)
         write_results()
+
+
+def read_results(path: Path, empty: object) -> object:
+    """The committed results file, or ``empty`` if there is none yet."""
+    return json.loads(path.read_text()) if path.exists() else empty
 
 
 def finished_runs(out: Path) -> Iterator[tuple[Path, dict]]:
