@@ -682,7 +682,7 @@ def test_a_partition_gives_every_client_a_sample_or_is_refused(
 def test_clients_left_empty_are_named(monkeypatch, fashion_mnist_available):
     import semanticfl.engine.experiment as experiment_module
 
-    def one_empty(labels, spec, num_classes):
+    def one_empty(labels, spec, num_classes, cache=None):
         return [np.arange(len(labels)), np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)]
 
     monkeypatch.setattr(experiment_module, "partition_indices", one_empty)

@@ -23,8 +23,16 @@ from semanticfl.files import atomic_write
 log = logging.getLogger(__name__)
 
 CACHE_ENV = "SEMANTICFL_CACHE"
+DEFAULT_CACHE_DIR = Path("~/.cache/semanticfl")
 CACHE_FORMAT_VERSION = 1
 ARRAY_NAMES = ("train_images", "train_labels", "test_images", "test_labels")
+
+
+def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
+    """The cache folder of datasets, partitions and teacher features: argument, else $SEMANTICFL_CACHE,
+    else ~/.cache/semanticfl."""
+    chosen = cache_dir if cache_dir not in (None, "") else os.environ.get(CACHE_ENV) or DEFAULT_CACHE_DIR
+    return Path(chosen).expanduser().resolve()
 
 
 def fingerprint(name: str, files: Sequence[Path]) -> str:

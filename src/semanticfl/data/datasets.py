@@ -45,7 +45,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from semanticfl.data.cache import CACHE_ENV, fingerprint, read_cache, write_cache
+from semanticfl.data.cache import CACHE_ENV, cache_root, fingerprint, read_cache, write_cache
 from semanticfl.data.downloads import download_official
 from semanticfl.data.layouts import official_layouts
 from semanticfl.data.layouts.base import DATA_ENV, Layout
@@ -68,7 +68,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-DEFAULT_CACHE_DIR = Path("~/.cache/semanticfl")
 SYSTEM_FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 SHARED_CIFAR10_DIR = Path("shared/data/cifar10")
 
@@ -132,16 +131,16 @@ def load_image_dataset(
     """Find, decode (once) and validate a dataset; see the module docstring for where it looks."""
     spec = DATASETS.get(name)
     user_root = _user_root(root)
-    cache_root = _cache_root(cache_dir)
+    cache_folder = cache_root(cache_dir)
     if spec is None:
         _check_unregistered_name(name, user_root)
-    layouts = _candidate_layouts(name, user_root, cache_root)
+    layouts = _candidate_layouts(name, user_root, cache_folder)
     layout = next((layout for layout in layouts if layout.present()), None)
     if layout is None and download and spec is not None:
-        layout = download_official(name, cache_root / "downloads")
+        layout = download_official(name, cache_folder / "downloads")
     if layout is None:
         raise _not_found_error(name, layouts, spec is not None)
-    return _load_from_layout(name, spec, layout, cache_root)
+    return _load_from_layout(name, spec, layout, cache_folder)
 
 
 # ----------------------------------------------------------------------------------------------- locations
@@ -160,12 +159,6 @@ def _user_root(root: str | os.PathLike | None) -> Path | None:
     return path
 
 
-def _cache_root(cache_dir: str | os.PathLike | None) -> Path:
-    """The cache folder: argument, else $SEMANTICFL_CACHE, else ~/.cache/semanticfl."""
-    chosen = cache_dir if cache_dir not in (None, "") else os.environ.get(CACHE_ENV) or DEFAULT_CACHE_DIR
-    return Path(chosen).expanduser().resolve()
-
-
 def _repo_root() -> Path | None:
     """The nearest folder above this file that holds a pyproject.toml (the source checkout), if any."""
     return next((parent for parent in Path(__file__).resolve().parents if (parent / "pyproject.toml").is_file()), None)
@@ -180,7 +173,7 @@ def _check_unregistered_name(name: str, user_root: Path | None) -> None:
         )
 
 
-def _candidate_layouts(name: str, user_root: Path | None, cache_root: Path) -> list[Layout]:
+def _candidate_layouts(name: str, user_root: Path | None, cache_folder: Path) -> list[Layout]:
     """Every place to look for ``name``, in priority order, without duplicates."""
     layouts: list[Layout] = []
     if user_root is not None:
@@ -188,7 +181,7 @@ def _candidate_layouts(name: str, user_root: Path | None, cache_root: Path) -> l
         layouts += _parquet_layouts(user_root, name)
         layouts.append(ImageFolderLayout(user_root / name))
     layouts += _system_layouts(name)
-    layouts += official_layouts(cache_root / "downloads", name)
+    layouts += official_layouts(cache_folder / "downloads", name)
     unique: dict[str, Layout] = {}
     for layout in layouts:
         unique.setdefault(layout.description, layout)
@@ -229,9 +222,9 @@ def _not_found_error(name: str, layouts: Sequence[Layout], registered: bool) -> 
 # ------------------------------------------------------------------------------ decoding through the cache
 
 
-def _load_from_layout(name: str, spec: DatasetSpec | None, layout: Layout, cache_root: Path) -> ImageDataset:
+def _load_from_layout(name: str, spec: DatasetSpec | None, layout: Layout, cache_folder: Path) -> ImageDataset:
     """Decode ``layout`` into the cache unless a valid copy is there, then wrap the memory-mapped arrays."""
-    folder = cache_root / "datasets" / f"{name}-{fingerprint(name, layout.source_files())[:16]}"
+    folder = cache_folder / "datasets" / f"{name}-{fingerprint(name, layout.source_files())[:16]}"
     splits = read_cache(folder)
     if splits is None:
         log.info("decoding %s from %s into %s (once)", name, layout.description, folder)

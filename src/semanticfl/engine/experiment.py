@@ -21,6 +21,7 @@ from torch import nn
 from semanticfl.algorithms import Algorithm, AlgorithmSetup, build_algorithm
 from semanticfl.algorithms.base import Arrays, LocalData, LocalSettings, OwnsModelsAndData, TargetReader
 from semanticfl.config import Config, config_from_dict
+from semanticfl.data.cache import cache_root
 from semanticfl.data.datasets import ImageDataset, images_to_tensor, load_image_dataset
 from semanticfl.data.partition import PartitionSpec, partition_indices
 from semanticfl.data.splits import stratified_holdout
@@ -78,7 +79,7 @@ class Experiment:
         pool_labels = np.asarray(self.dataset.train_labels[self.client_pool])
         spec = self.partition_spec
         spec.validate(len(pool_labels), self.dataset.num_classes)
-        parts = partition_indices(pool_labels, spec, self.dataset.num_classes)
+        parts = partition_indices(pool_labels, spec, self.dataset.num_classes, cache_root())
         empty = [i for i, part in enumerate(parts) if len(part) == 0]
         if empty:
             raise UserError(

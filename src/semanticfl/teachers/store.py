@@ -31,13 +31,12 @@ import numpy as np
 from numpy.lib.format import open_memmap
 from numpy.typing import DTypeLike
 
+from semanticfl.data.cache import CACHE_ENV, cache_root
 from semanticfl.errors import UserError
 from semanticfl.files import atomic_write_text
 
 log = logging.getLogger(__name__)
 
-CACHE_ENV = "SEMANTICFL_CACHE"  # the same cache root as the dataset cache (semanticfl.data.datasets)
-DEFAULT_CACHE_DIR = Path("~/.cache/semanticfl")
 STORE_FORMAT = "semanticfl-features/1"
 MANIFEST, PROGRESS = "manifest.json", "progress.json"
 _KEY = re.compile(r"[0-9a-f]{64}")
@@ -92,7 +91,7 @@ def _canonical(value: object) -> object:
 
 def default_root() -> Path:
     """``$SEMANTICFL_CACHE/features``, else ``~/.cache/semanticfl/features``."""
-    return Path(os.environ.get(CACHE_ENV) or DEFAULT_CACHE_DIR).expanduser() / "features"
+    return cache_root() / "features"
 
 
 @dataclass(frozen=True)

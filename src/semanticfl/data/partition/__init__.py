@@ -13,12 +13,13 @@ The splitting itself is done by flwr-datasets partitioners (all schemes but
 Every partition is returned as sorted ``int64`` indices into the original label array.
 
 The package is split by concern: ``spec.py`` (the :class:`PartitionSpec`, its checks, the long
-tail), ``schemes.py`` (:func:`partition_indices` and the scheme runners) and ``tables.py`` (the
-class-count tables); their public names are exported here.
+tail), ``schemes.py`` (the scheme runners), ``store.py`` (:func:`partition_indices`: the schemes'
+result, kept on disk so each process of a run need not partition again -- nor import flwr-datasets)
+and ``tables.py`` (the class-count tables); their public names are exported here.
 """
 
-from semanticfl.data.partition.schemes import partition_indices
 from semanticfl.data.partition.spec import CLASS_ASSIGNMENTS, SCHEMES, PartitionSpec, long_tail_indices
+from semanticfl.data.partition.store import partition_indices
 from semanticfl.data.partition.tables import (
     class_count_table,
     format_count_table,
