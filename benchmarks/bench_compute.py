@@ -9,7 +9,8 @@ For ``cnn``, ``resnet10`` and ``mobilenet`` on 32×32×3 inputs at batch 64, one
 - ``compile`` / ``compile_cl`` -- ``torch.compile`` (inductor) of the fp32 model;
 - ``engine`` -- epochs of the engine's own FedAvg local training (``Algorithm.local_train``: uint8 decoding,
   batched augmentation, normalisation) on 1,280 images of a CIFAR-10 client, with the engine's default kernel
-  settings: what a client reaches against the limit.
+  settings: what a client reaches against the limit. With it, an ``engine_ratio`` record: engine ÷ the
+  fastest setting, the median of 60 alternations of one engine epoch and as many images of that setting.
 
 Each at 1 torch thread (what one simulated client gets: ``engine.threads_per_client = 1``, one client per core)
 and at 2 threads (``--threads 1 2``). The variants are measured interleaved, ``--repeats`` times each, and
@@ -100,7 +101,37 @@ def measure_limits(
     for variant, measured in rates.items():
         rows[variant] = {"images_per_s": round(statistics.median(measured), 1),
                          "min": round(min(measured), 1), "max": round(max(measured), 1)}
-    return [{"model": model_name, "variant": v, "threads": threads, **rows[v]} for v in variants]
+    measured_rows = [{"model": model_name, "variant": v, "threads": threads, **rows[v]} for v in variants]
+    return measured_rows + engine_ratio(model_name, threads, steps, rates, engine_samples)
+
+
+def engine_ratio(model_name: str, threads: int, steps: dict[str, Callable], rates: dict[str, list[float]],
+                 engine_samples: int, pairs: int = 60) -> list[dict]:
+    """The engine's speed over the fastest kernel setting's, from ``pairs`` alternations of one engine epoch
+    and as many images of that setting's step (a fraction of a second each): this VM's speed drifts within
+    seconds, so even two 2-second rates measured back to back can differ by 20 %, while the drift cancels
+    in a fraction-of-a-second pair. The median ratio, with its quartiles."""
+    limits = {v: r for v, r in rates.items() if v != "engine"}
+    if "engine" not in steps or not limits:
+        return []
+    fastest = max(limits, key=lambda v: statistics.median(limits[v]))
+    x, y = torch.randn(BATCH, 3, 32, 32), torch.randint(0, 10, (BATCH,))
+    limit_calls = max(1, engine_samples // BATCH)
+    ratios = []
+    for _ in range(pairs):
+        engine_seconds = _seconds(lambda: steps["engine"](x, y))
+        limit_seconds = _seconds(lambda: [steps[fastest](x, y) for _ in range(limit_calls)])
+        ratios.append(limit_seconds * engine_samples / (limit_calls * BATCH) / engine_seconds)
+    quartiles = statistics.quantiles(ratios, n=4)
+    return [{"model": model_name, "variant": "engine_ratio", "threads": threads, "against": fastest,
+             "ratio": round(statistics.median(ratios), 3), "q1": round(quartiles[0], 3),
+             "q3": round(quartiles[2], 3), "pairs": pairs}]
+
+
+def _seconds(call: Callable[[], object]) -> float:
+    started = time.perf_counter()
+    call()
+    return time.perf_counter() - started
 
 
 def engine_training(model_name: str, samples: int) -> Callable[[torch.Tensor, torch.Tensor], None]:
