@@ -14,10 +14,13 @@ For ``cnn``, ``resnet10`` and ``mobilenet`` on 32×32×3 inputs at batch 64, one
 
 Each at 1 torch thread (what one simulated client gets: ``engine.threads_per_client = 1``, one client per core)
 and at 2 threads (``--threads 1 2``). The variants are measured interleaved, ``--repeats`` times each, and
-the median is kept.
+the median is kept. ``--processes 2`` also measures the fastest one-thread setting in two processes at once,
+and the engine's epochs the same way, as two simulated clients run: the machine's limit is their sum, not
+twice one process's rate, when the cores share execution units (SMT siblings) or memory bandwidth.
 
     python benchmarks/bench_compute.py                       # all models, writes benchmarks/results/compute.jsonl
     python benchmarks/bench_compute.py --models cnn --seconds 3
+    python benchmarks/bench_compute.py --models cnn --threads 1 --variants fp32_cl engine --processes 2
 
 Run it alone on the machine: every figure is a rate, and the two cores are shared by anything else running.
 """
@@ -28,6 +31,7 @@ import argparse
 import contextlib
 import dataclasses
 import json
+import multiprocessing
 import statistics
 import time
 from collections.abc import Callable
@@ -40,6 +44,7 @@ from semanticfl.models import build_model
 
 RESULTS = Path(__file__).parent / "results" / "compute.jsonl"
 BATCH = 64
+ENGINE_SAMPLES = 1280
 VARIANTS = ("fp32", "fp32_cl", "bf16", "bf16_cl", "compile", "compile_cl", "engine")
 
 
@@ -154,6 +159,39 @@ def engine_training(model_name: str, samples: int) -> Callable[[torch.Tensor, to
     return epoch
 
 
+def concurrent_limit(model_name: str, variant: str, processes: int, seconds: float, repeats: int) -> dict:
+    """``variant``'s one-thread rate measured in ``processes`` processes at once (each measurement started
+    together behind a barrier), ``repeats`` times: the median of the summed rates, and each process's rates."""
+    context = multiprocessing.get_context("spawn")
+    barrier, results = context.Barrier(processes), context.Queue()
+    workers = [context.Process(target=_rates_behind_barrier,
+                               args=(model_name, variant, seconds, repeats, barrier, results))
+               for _ in range(processes)]
+    for worker in workers:
+        worker.start()
+    per_process = [results.get() for _ in workers]
+    for worker in workers:
+        worker.join()
+    sums = [sum(rates) for rates in zip(*per_process)]
+    return {"model": model_name, "variant": variant, "threads": 1, "processes": processes,
+            "images_per_s": round(statistics.median(sums), 1), "min": round(min(sums), 1),
+            "max": round(max(sums), 1), "each": [[round(r, 1) for r in rates] for rates in per_process]}
+
+
+def _rates_behind_barrier(model_name: str, variant: str, seconds: float, repeats: int, barrier, results) -> None:
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    images = ENGINE_SAMPLES if variant == "engine" else BATCH
+    step = (engine_training(model_name, images) if variant == "engine"
+            else training_step(variant, build_model(model_name, 10, 3, 32)))
+    images_per_second(step, 0.5, images)
+    rates = []
+    for _ in range(repeats):
+        barrier.wait()
+        rates.append(images_per_second(step, seconds, images))
+    results.put(rates)
+
+
 def record(entry: dict) -> None:
     entry = {"benchmark": "compute_limit", "time": time.strftime("%Y-%m-%d %H:%M:%S"), **entry}
     RESULTS.parent.mkdir(exist_ok=True)
@@ -169,13 +207,29 @@ def main() -> None:
     parser.add_argument("--threads", nargs="+", type=int, default=[1, 2])
     parser.add_argument("--seconds", type=float, default=2.0, help="timed seconds per measurement")
     parser.add_argument("--repeats", type=int, default=3, help="interleaved measurements per variant")
-    parser.add_argument("--engine-samples", type=int, default=1280, help="images of the engine's epoch")
+    parser.add_argument("--engine-samples", type=int, default=ENGINE_SAMPLES, help="images of the engine's epoch")
+    parser.add_argument("--processes", type=int, default=1,
+                        help="also measure the fastest one-thread setting and the engine in this many "
+                             "processes at once")
     args = parser.parse_args()
     for model_name in args.models:
+        fastest_one_thread = None
         for threads in args.threads:
-            for row in measure_limits(model_name, args.variants, threads, args.seconds, args.repeats,
-                                      args.engine_samples):
+            rows = measure_limits(model_name, args.variants, threads, args.seconds, args.repeats,
+                                  args.engine_samples)
+            for row in rows:
                 record(row)
+            if threads == 1:
+                fastest_one_thread = _fastest(rows)
+        if args.processes > 1 and fastest_one_thread:
+            concurrent = [fastest_one_thread] + (["engine"] if "engine" in args.variants else [])
+            for variant in concurrent:
+                record(concurrent_limit(model_name, variant, args.processes, args.seconds, args.repeats))
+
+
+def _fastest(rows: list[dict]) -> str | None:
+    limits = [r for r in rows if r["variant"] not in ("engine", "engine_ratio") and "images_per_s" in r]
+    return max(limits, key=lambda r: r["images_per_s"])["variant"] if limits else None
 
 
 if __name__ == "__main__":
