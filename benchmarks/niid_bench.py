@@ -22,9 +22,7 @@ row ``benchmarks/results/niid_bench.json`` is rewritten as {setting: {method: {"
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 from pathlib import Path
 
 import runqueue
@@ -55,11 +53,7 @@ PUBLISHED = {
 
 
 def parse_row(name: str) -> tuple[str, str, int]:
-    parts = name.split("-")
-    if len(parts) != 3 or parts[0] not in SETTINGS or parts[1] not in METHODS or not parts[2][1:].isdigit():
-        sys.exit(f"unknown row {name!r}: SETTING-METHOD-sSEED with SETTING in {list(SETTINGS)}, "
-                 f"METHOD in {list(METHODS)}")
-    return parts[0], parts[1], int(parts[2][1:])
+    return runqueue.parse_row(name, SETTINGS, METHODS)
 
 
 def overrides(name: str) -> list[str]:
@@ -97,10 +91,7 @@ def markdown(table: dict) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("rows", nargs="*")
-    parser.add_argument("--table", action="store_true", help="print the Markdown table and stop")
-    args = parser.parse_args()
+    args = runqueue.queue_arguments(__doc__, "print the Markdown table and stop")
     if args.table:
         print(markdown(results()))
         return

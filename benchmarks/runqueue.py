@@ -8,10 +8,29 @@ and the same command continues it, also in a fresh clone where ``OUT`` (git-igno
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
-from collections.abc import Callable, Iterator, Sequence
+import sys
+from collections.abc import Callable, Collection, Iterator, Sequence
 from pathlib import Path
+
+
+def parse_row(name: str, settings: Collection[str], methods: Collection[str]) -> tuple[str, str, int]:
+    """``SETTING-METHOD-sSEED`` → (setting, method, seed); an unknown name stops the script in one line."""
+    parts = name.split("-")
+    if len(parts) != 3 or parts[0] not in settings or parts[1] not in methods or not parts[2][1:].isdigit():
+        sys.exit(f"unknown row {name!r}: SETTING-METHOD-sSEED with SETTING in {list(settings)}, "
+                 f"METHOD in {list(methods)}")
+    return parts[0], parts[1], int(parts[2][1:])
+
+
+def queue_arguments(doc: str | None, table_help: str) -> argparse.Namespace:
+    """A table script's command line: the rows to run (none: its default queue) and ``--table``."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("rows", nargs="*")
+    parser.add_argument("--table", action="store_true", help=table_help)
+    return parser.parse_args()
 
 
 def latest_run_dir(out: Path, name: str) -> Path | None:
