@@ -32,6 +32,7 @@ import contextlib
 import dataclasses
 import json
 import multiprocessing
+import platform
 import statistics
 import time
 from collections.abc import Callable
@@ -192,8 +193,17 @@ def _rates_behind_barrier(model_name: str, variant: str, seconds: float, repeats
     results.put(rates)
 
 
+def cpu_name() -> str:
+    """The CPU's model name (this VM's host changes between sessions, and its speed and ISA with it)."""
+    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
 def record(entry: dict) -> None:
-    entry = {"benchmark": "compute_limit", "time": time.strftime("%Y-%m-%d %H:%M:%S"), **entry}
+    entry = {"benchmark": "compute_limit", "time": time.strftime("%Y-%m-%d %H:%M:%S"), "cpu": cpu_name(),
+             "isa": torch.backends.cpu.get_cpu_capability(), **entry}
     RESULTS.parent.mkdir(exist_ok=True)
     with open(RESULTS, "a") as handle:
         handle.write(json.dumps(entry) + "\n")
