@@ -234,6 +234,9 @@ def plot_curves(table: dict, path: Path) -> None:
             if curve:
                 xs, ys = zip(*curve)
                 ax.plot(xs, ys, marker="o", markersize=2.5, color=colours[method], label=method)
+        if not ax.get_lines():
+            ax.text(0.5, 0.5, "not run yet", ha="center", va="center", transform=ax.transAxes, color="grey")
+        ax.set_xlim(0, PROTOCOL["rounds"] + 1)
         ax.set_title(setting, fontsize=10)
         ax.set_xlabel("round")
         ax.set_ylabel("test accuracy (%)")
@@ -250,7 +253,7 @@ def plot_ablations(table: dict, path: Path) -> None:
 
     rows = methods_of(table.get("dir0.1", {}))
     bars = [m for m in ABLATION_BARS if m in rows]
-    if not bars:
+    if "semanticfl_guidance" not in bars:  # nothing to ablate yet
         return
     fig = Figure(figsize=(9, 4.5), dpi=110, layout="constrained")
     ax = fig.subplots()

@@ -76,7 +76,7 @@ def test_rows_run_with_the_protocol_and_the_teacher_only_where_used():
 
 
 def test_the_pictures_are_written(bench):
-    for method in ("fedavg", "semanticfl_guidance", "semanticfl_guidance_no_kd"):
+    for method in ("fedavg", "semanticfl_guidance", "semanticfl_guidance_no_kd"):  # the chart needs the mode
         finish_run(bench / "out", f"dir0.1-{method}-s0", 40.0, 40.0)
     headline.write_report(headline.results())
     for name in ("headline_curves.png", "headline_ablations.png"):
