@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import functools
 import json
 import multiprocessing
 import platform
@@ -72,6 +73,13 @@ def training_step(variant: str, model: torch.nn.Module) -> Callable[[torch.Tenso
     return step
 
 
+def make_step(model_name: str, variant: str, engine_samples: int) -> Callable[[torch.Tensor, torch.Tensor], None]:
+    """One call of ``variant``: an SGD step on a batch, or for ``engine`` one epoch of ``engine_samples``."""
+    if variant == "engine":
+        return engine_training(model_name, engine_samples)
+    return training_step(variant, build_model(model_name, 10, 3, 32))
+
+
 def images_per_second(step: Callable[[torch.Tensor, torch.Tensor], None], seconds: float, images: int = BATCH) -> float:
     """Calls of ``step`` (``images`` images each) on one fixed random batch for at least ``seconds``."""
     x, y = torch.randn(BATCH, 3, 32, 32), torch.randint(0, 10, (BATCH,))
@@ -93,10 +101,7 @@ def measure_limits(
     for variant in variants:
         torch.manual_seed(0)
         try:
-            steps[variant] = (
-                engine_training(model_name, engine_samples) if variant == "engine"
-                else training_step(variant, build_model(model_name, 10, 3, 32))
-            )
+            steps[variant] = make_step(model_name, variant, engine_samples)
             images_per_second(steps[variant], 0.5, rate_per_call.get(variant, BATCH))  # warm-up, compilation
         except Exception as error:  # a setting this CPU or build cannot run is a row saying so
             rows[variant] = {"error": f"{type(error).__name__}: {error}"[:200]}
@@ -183,8 +188,7 @@ def _rates_behind_barrier(model_name: str, variant: str, seconds: float, repeats
     torch.set_num_threads(1)
     torch.manual_seed(0)
     images = ENGINE_SAMPLES if variant == "engine" else BATCH
-    step = (engine_training(model_name, images) if variant == "engine"
-            else training_step(variant, build_model(model_name, 10, 3, 32)))
+    step = make_step(model_name, variant, ENGINE_SAMPLES)
     images_per_second(step, 0.5, images)
     rates = []
     for _ in range(repeats):
@@ -193,6 +197,7 @@ def _rates_behind_barrier(model_name: str, variant: str, seconds: float, repeats
     results.put(rates)
 
 
+@functools.cache
 def cpu_name() -> str:
     """The CPU's model name (this VM's host changes between sessions, and its speed and ISA with it)."""
     for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:

@@ -31,6 +31,8 @@ from pathlib import Path
 
 import runqueue
 
+from semanticfl.engine.outputs import RunDirectory
+
 OUT = Path("benchmarks/out/headline")
 RESULTS = Path("benchmarks/results/headline.json")
 TEACHER = Path("benchmarks/out/teachers/cifar10")
@@ -48,6 +50,8 @@ SETTINGS = {
     "dir0.5": ["partition.scheme=dirichlet", "partition.alpha=0.5"],
     "c2": ["partition.scheme=pathological", "partition.classes_per_client=2"],
 }
+SETTING_TITLES = {"dir0.05": "Dirichlet α = 0.05", "dir0.1": "Dirichlet α = 0.1", "dir0.5": "Dirichlet α = 0.5",
+                  "c2": "#C = 2 (two classes a client)"}
 S = "algorithm.semanticfl"
 GUIDANCE = ["algorithm.name=semanticfl", f"{S}.mode=guidance", f"{S}.lambda_guidance_ce=1.0"]
 BASELINES = {name: [f"algorithm.name={name}"] for name in ("fedavg", "fedprox", "scaffold", "moon", "fednh",
@@ -119,7 +123,7 @@ def ensure_teacher() -> None:
 
 
 def seed_entry(folder: Path, summary: dict) -> dict:
-    rounds = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines() if line]
+    rounds = RunDirectory(folder).read_rounds()
     return {
         "final": summary["final_accuracy"], "best": summary["best_accuracy"], "val": summary["final_val_accuracy"],
         "rounds": summary["rounds"], "s_per_round": round(summary["mean_round_time_s"], 2),
@@ -237,7 +241,7 @@ def plot_curves(table: dict, path: Path) -> None:
         if not ax.get_lines():
             ax.text(0.5, 0.5, "not run yet", ha="center", va="center", transform=ax.transAxes, color="grey")
         ax.set_xlim(0, PROTOCOL["rounds"] + 1)
-        ax.set_title(setting, fontsize=10)
+        ax.set_title(SETTING_TITLES[setting], fontsize=10)
         ax.set_xlabel("round")
         ax.set_ylabel("test accuracy (%)")
         ax.grid(alpha=0.3)
@@ -282,8 +286,9 @@ def write_report(table: dict) -> None:
 def main() -> None:
     args = runqueue.queue_arguments(__doc__, "write the report from what has run and print it")
     if args.table:
-        write_report(results())
-        print(markdown(results()))
+        table = results()
+        write_report(table)
+        print(markdown(table))
         return
     if args.rows:
         runqueue.run_queue(args.rows, parse_row, run_one, lambda: write_report(results()), recorded)
