@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from semanticfl.algorithms import build_algorithm
 from semanticfl.algorithms.base import AlgorithmSetup, Batch, ClientTask, LocalSettings
 from semanticfl.algorithms.contrastive import candidate_info_nce
-from semanticfl.algorithms.semanticfl import ANCHORS, TARGET, TEXT, consistency_loss
+from semanticfl.algorithms.semanticfl import ANCHORS, GUIDANCE, TARGET, TEXT, consistency_loss
 from semanticfl.errors import UserError
 from semanticfl.models import build_model
 from semanticfl.teachers.base import TeacherShape
@@ -41,7 +41,13 @@ def test_l2_consistency_and_gradient_direction():
 
 
 def test_modes_ask_for_what_they_use():
-    anchors = build_algorithm("semanticfl", SMALL, SETUP).teacher_requests()
+    default = build_algorithm("semanticfl", SMALL, SETUP)
+    assert (default.params.mode, default.params.lambda_guidance_ce) == ("guidance", 1.0)
+    (guidance,) = default.teacher_requests().guidance  # generated from the class names: private
+    assert (guidance.name, guidance.source, guidance.per_class) == (GUIDANCE, "generated", 100)
+    assert guidance.prompts == ("a photo of a cat", "a photo of a dog", "a photo of a ship")
+    assert default.teacher_requests().features == () and default.teacher_requests().offload == ()
+    anchors = build_algorithm("semanticfl", {**SMALL, "mode": "anchors"}, SETUP).teacher_requests()
     assert anchors.features == ()  # nothing is extracted from client data
     names = [r.name for r in anchors.anchors]
     assert names == [ANCHORS, TEXT]
@@ -94,7 +100,7 @@ def test_bad_hyperparameters_are_user_errors(params):
 
 
 def _anchors_algorithm(**params):
-    algo = build_algorithm("semanticfl", {**SMALL, **params}, SETUP)
+    algo = build_algorithm("semanticfl", {**SMALL, "mode": "anchors", **params}, SETUP)
     rng = np.random.default_rng(0)
     algo.receive_anchors({
         ANCHORS: rng.normal(size=(3, 16)).astype(np.float32),

@@ -79,6 +79,33 @@ def test_a_build_asking_for_other_arrays_rebuilds(tmp_path):
     assert len(rebuilt.calls) == 6 and cached.arrays["fused"].dtype == np.float32
 
 
+def test_a_prebuilt_entry_is_copied_instead_of_computed(tmp_path):
+    shipped = tmp_path / "teacher" / "prebuilt"
+    _build(FeatureStore(shipped), Counter())
+    before = {p.name: p.read_bytes() for p in (shipped / KEY).iterdir()}
+    store, compute = FeatureStore(tmp_path / "cache", prebuilt=(tmp_path / "absent", shipped)), Counter()
+    cached = _build(store, compute)
+    assert compute.calls == [] and cached.path == tmp_path / "cache" / KEY
+    _assert_complete(cached)
+    assert {p.name: p.read_bytes() for p in (shipped / KEY).iterdir()} == before  # the source is left alone
+
+
+def test_a_damaged_or_different_prebuilt_entry_is_computed_and_left_in_place(tmp_path, caplog):
+    shipped = tmp_path / "prebuilt"
+    FeatureStore(shipped).build(KEY, {**SPECS, "fused": ((3,), np.float32)}, N, Counter(), chunk=CHUNK)
+    compute = Counter()
+    _assert_complete(_build(FeatureStore(tmp_path / "cache", prebuilt=(shipped,)), compute))
+    assert len(compute.calls) == 6  # other arrays than asked for: computed
+    damaged = tmp_path / "damaged"
+    _build(FeatureStore(damaged), Counter())
+    (damaged / KEY / "up1.npy").write_bytes((damaged / KEY / "up1.npy").read_bytes()[:-3] + b"xyz")
+    compute = Counter()
+    with caplog.at_level(logging.WARNING):
+        _assert_complete(_build(FeatureStore(tmp_path / "cache2", prebuilt=(damaged,)), compute))
+    assert len(compute.calls) == 6 and "failing its SHA-256 check; computing it instead" in caplog.text
+    assert (damaged / KEY / "up1.npy").exists()  # never deleted: it is not the store's to delete
+
+
 def test_open_of_an_absent_entry_is_none(tmp_path):
     assert FeatureStore(tmp_path).open(KEY) is None
 

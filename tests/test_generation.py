@@ -15,7 +15,9 @@ from semanticfl.config import load_config
 from semanticfl.engine.experiment import Experiment
 from semanticfl.errors import UserError
 from semanticfl.teachers.base import GuidanceRequest, class_prompts
-from semanticfl.teachers.guidance import generated_images, guidance_set
+from semanticfl.teachers.guidance import balanced_labels, generated_entry, generated_images, guidance_set
+from semanticfl.teachers.loading import PREBUILT
+from semanticfl.teachers.offline import shipped_teacher_dir
 from semanticfl.teachers.sampling import Sampler, SamplerSettings, to_dataset_images
 from semanticfl.teachers.sd import build_tiny_stable_diffusion
 
@@ -190,6 +192,8 @@ def test_teacher_sample_writes_images_and_a_grid_and_bad_input_writes_nothing(tm
     saved = np.load(out / "samples.npz")
     assert saved["images"].shape == (20, 1, 28, 28) and np.bincount(saved["labels"]).tolist() == [2] * 10
     assert (out / "grid.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    (entry,) = (out / "prebuilt").iterdir()  # the same images as a store entry, to ship in a teacher folder
+    assert np.array_equal(np.load(entry / "images.npy"), saved["images"])
     for bad in (["teacher.guidance_scale=-1", "--per-class", "2"], ["--per-class", "0"]):
         failed = semanticfl(
             "teacher", "sample", "quickstart", *bad, "--out", str(tmp_path / "bad"), cwd=tmp_path, env=env
@@ -197,3 +201,22 @@ def test_teacher_sample_writes_images_and_a_grid_and_bad_input_writes_nothing(tm
         assert failed.returncode == 2 and "Traceback" not in failed.stderr
         assert len(failed.stderr.strip().splitlines()) == 1, failed.stderr
     assert not (tmp_path / "bad").exists()
+
+
+def test_the_shipped_teacher_carries_the_default_guidance_set_so_nothing_is_generated(tmp_path, monkeypatch):
+    """SemanticFL's default (guidance, 100 generated images per class) on the quickstart reads the images
+    shipped in the teacher's prebuilt/ folder: if the teacher, a sampler default or the prompts change, this
+    fails until they are regenerated (`semanticfl teacher sample quickstart --per-class 100 --out DIR`, then
+    DIR/prebuilt copied into teachers/weights/fashion_mnist/)."""
+    experiment = Experiment(load_config("quickstart", ["algorithm.name=semanticfl", f"teacher.cache_dir={tmp_path}"]))
+    (request,) = experiment.algorithm.teacher_requests().guidance
+
+    def no_sampling(*args, **kwargs):
+        raise AssertionError("the shipped guidance set did not match: the sampler ran")
+
+    monkeypatch.setattr(Sampler, "generate", no_sampling)
+    entry = generated_entry(experiment.teacher_targets, request.prompts, balanced_labels(10, request.per_class))
+    (shipped,) = (shipped_teacher_dir("fashion_mnist") / PREBUILT).iterdir()
+    assert entry.key == shipped.name and entry.path == tmp_path / shipped.name  # copied into the cache
+    images = np.asarray(entry.arrays["images"])
+    assert images.shape == (1000, 1, 28, 28) and np.array_equal(images, np.load(shipped / "images.npy"))

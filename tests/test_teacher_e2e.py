@@ -125,7 +125,8 @@ def test_feddifrc_with_injected_encodings_extracts_tdcl_on_the_clients_every_rou
 def test_semanticfl_anchors_mode_clients_send_only_model_arrays_and_metrics(tmp_path, tiny_sd, env):
     out = tmp_path / "runs"
     done = semanticfl("run", "quickstart", *TINY, f"teacher.path={tiny_sd}", *SEMANTICFL,
-                      "engine.audit=true", f"experiment.output_dir={out}", cwd=tmp_path, env=env)
+                      "algorithm.semanticfl.mode=anchors", "engine.audit=true", f"experiment.output_dir={out}",
+                      cwd=tmp_path, env=env)
     assert done.returncode == 0, done.stderr
     run_dir = run_dirs(out)[0]
     model = Experiment(load_config(str(run_dir / "config.toml"), [])).build_model()

@@ -21,7 +21,7 @@ The server half is FedAvg. Clients never run the diffusion U-Net unless ``mode =
 ``T_i``, the teacher target of sample ``i``, depends on ``mode`` -- the paper leaves open which
 images the server encodes, so the choice is explicit:
 
-* ``anchors`` (default; nothing but weights leaves a client): the server computes once, from the
+* ``anchors`` (nothing but weights leaves a client): the server computes once, from the
   class prompts (and, with ``anchor_public_per_class > 0``, its own public split), one anchor per
   class; ``T_i`` = the anchor of ``y_i``. Anchors and class text embeddings travel with the model
   (``C × (512 + d_text)`` floats a round).
@@ -32,15 +32,18 @@ images the server encodes, so the choice is explicit:
   and returns the per-sample fused features (engine/exchanges.py). The clean latent never leaves
   the client, so the ``latent`` layer of ``T_i`` is the noised latent -- the one difference from
   ``local``.
-* ``guidance`` (nothing but weights leaves a client): the server builds a class-balanced *guidance
+* ``guidance`` (default; nothing but weights leaves a client): the server builds a class-balanced *guidance
   set* once -- ``guidance_per_class`` images per class the teacher generates from the class prompt
   alone (``guidance_source = "generated"``), or draws from its own public split (``"public"``) --
   with each image's fused teacher features ``T_g`` in the shared space, and sends it once. Beside
   each own minibatch a client draws a guidance minibatch and adds
-  ``λ_kd · consistency(ẑ_g, T_g)`` on it (and, with ``lambda_guidance_ce > 0``, that weight times
-  the cross-entropy on the guidance labels); with ``guidance_anchors`` its own samples are also held
+  ``λ_kd · consistency(ẑ_g, T_g)`` on it and ``lambda_guidance_ce`` (default 1) times the
+  cross-entropy on the guidance labels; with ``guidance_anchors`` its own samples are also held
   to the class anchors ``A_c`` = the unit mean of the guidance features of class ``c``:
-  ``λ_kd · consistency(ẑ_i, A_{y_i})``. Its control is ``datashare`` with the same set.
+  ``λ_kd · consistency(ẑ_i, A_{y_i})``. Its control is ``datashare`` with the same set. It is the
+  default because it is the mode the validation split chose (BENCHMARKS.md, *SemanticFL's guidance
+  set*): generated images keep it private -- nothing but the class names goes into them -- and without
+  the CE on their labels the consistency term alone did not beat FedAvg.
 
 Choices made where the paper is silent, all configurable: KL over unit-normalised features with
 ``τ_kd = 0.05`` (a softmax over a raw unit vector is near-uniform and gives a vanishing KL); GAP +
@@ -101,7 +104,7 @@ class SemanticFLParams(TeacherFeatureParams):
     layers: tuple[str, ...] = ("latent", *up_block_layers(3))
     reduction: str = "gap"
 
-    mode: str = "anchors"
+    mode: str = "guidance"
     lambda_kd: float = 1.0
     consistency: str = "kl"
     """``kl`` (KL over softmax-normalised features) or ``l2``."""
@@ -120,7 +123,7 @@ class SemanticFLParams(TeacherFeatureParams):
     """Guidance mode: images per class in the guidance set."""
     guidance_batch_size: int = 0
     """Guidance mode: guidance images per local step (0 = ``train.batch_size``)."""
-    lambda_guidance_ce: float = 0.0
+    lambda_guidance_ce: float = 1.0
     """Guidance mode: weight of the cross-entropy on the guidance labels (0 = off)."""
     guidance_anchors: bool = False
     """Guidance mode: also hold each own sample to its class's mean guidance feature."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -68,10 +69,12 @@ def report_teacher(experiment: Experiment, out: Path, timestep: int) -> dict:
 
 
 def sample_teacher(experiment: Experiment, out: Path, per_class: int, progress: bool) -> Path:
-    """``per_class`` generated images of every class (cached like features) → ``out``/samples.npz and a
-    labelled grid ``out``/grid.png."""
+    """``per_class`` generated images of every class (cached like features) → ``out``/samples.npz, a
+    labelled grid ``out``/grid.png, and their feature-store entry ``out``/prebuilt/KEY (copied into a
+    teacher folder, runs with this teacher and sampler read the images instead of generating them)."""
     from semanticfl.teachers.base import GuidanceRequest, class_prompts
-    from semanticfl.teachers.guidance import guidance_set
+    from semanticfl.teachers.guidance import generated_entry, guidance_set
+    from semanticfl.teachers.loading import PREBUILT
     from semanticfl.teachers.sampling import save_grid
 
     if per_class < 1:
@@ -92,4 +95,6 @@ def sample_teacher(experiment: Experiment, out: Path, per_class: int, progress: 
     atomic_write(
         out / "grid.png", lambda f: save_grid(samples.images, samples.labels, list(ds.classes), f, title=title)
     )
+    entry = generated_entry(targets, request.prompts, samples.labels)  # the entry just built: a cache hit
+    shutil.copytree(entry.path, out / PREBUILT / entry.key, dirs_exist_ok=True)
     return out

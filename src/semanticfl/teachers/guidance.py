@@ -18,7 +18,7 @@ import torch
 from semanticfl.errors import UserError
 from semanticfl.teachers.base import GUIDANCE_SOURCES, GuidanceRequest, GuidanceSet
 from semanticfl.teachers.sampling import Sampler, SamplerSettings, to_dataset_images
-from semanticfl.teachers.store import index_digest, store_key
+from semanticfl.teachers.store import CachedFeatures, index_digest, store_key
 from semanticfl.teachers.targets import FUSED, TeacherTargets
 
 IMAGES = "images"
@@ -51,10 +51,9 @@ def check_request(request: GuidanceRequest) -> None:
         )
 
 
-def generated_images(targets: TeacherTargets, prompts: tuple[str, ...], labels: np.ndarray) -> np.ndarray:
-    """uint8 images of ``prompts[labels[i]]``, generated once and cached (a progress bar while building).
-
-    The result is an in-memory copy, not a view of the cache file, so it survives the entry being rebuilt."""
+def generated_entry(targets: TeacherTargets, prompts: tuple[str, ...], labels: np.ndarray) -> CachedFeatures:
+    """The feature-store entry of uint8 images of ``prompts[labels[i]]``: generated once (a progress bar while
+    building), or copied from the teacher folder's ``prebuilt/`` entries."""
     ds, settings = targets.inputs.dataset, sampler_settings(targets)
     sampler = Sampler(targets.teacher, settings)
     shape = (ds.in_channels, ds.image_size, ds.image_size)
@@ -74,10 +73,15 @@ def generated_images(targets: TeacherTargets, prompts: tuple[str, ...], labels: 
         images = sampler.generate([prompts[int(c)] for c in labels[rows]], ids)
         return {IMAGES: to_dataset_images(images, ds.in_channels, ds.image_size)}
 
-    entry = targets.store.build(
+    return targets.store.build(
         key, {IMAGES: (shape, np.uint8)}, len(labels), compute, chunk=settings.batch_size, progress=targets.progress
     )
-    return np.array(entry.arrays[IMAGES])
+
+
+def generated_images(targets: TeacherTargets, prompts: tuple[str, ...], labels: np.ndarray) -> np.ndarray:
+    """:func:`generated_entry`'s images as an in-memory copy, not a view of the cache file, so it survives
+    the entry being rebuilt."""
+    return np.array(generated_entry(targets, prompts, labels).arrays[IMAGES])
 
 
 def public_images(targets: TeacherTargets, per_class: int, num_classes: int) -> tuple[np.ndarray, np.ndarray]:

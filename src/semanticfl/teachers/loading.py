@@ -60,6 +60,19 @@ def teacher_shape(cfg: TeacherConfig, dataset_name: str) -> TeacherShape:
     return offline_teacher_shape(offline_teacher_folder(cfg, dataset_name))
 
 
+PREBUILT = "prebuilt"
+"""A teacher folder's subfolder of finished feature-store entries (e.g. its guidance set's samples)."""
+
+
+def prebuilt_entries(cfg: TeacherConfig, dataset_name: str) -> tuple[Path, ...]:
+    """The teacher folder's ``prebuilt/`` store entries, if it has any (a hub id has none)."""
+    if cfg.kind == "stable_diffusion":
+        folder = Path(cfg.path).expanduser() if cfg.path else None
+    else:
+        folder = offline_teacher_folder(cfg, dataset_name)
+    return (folder / PREBUILT,) if folder is not None and (folder / PREBUILT).is_dir() else ()
+
+
 def require_sd_path(cfg: TeacherConfig) -> str:
     """``teacher.path`` of a Stable Diffusion teacher, which must be set."""
     if not cfg.path:

@@ -8,6 +8,10 @@ makes a new entry. A damaged or stale entry is deleted and rebuilt, never used.
 A build fills ``<root>/<key>.partial/`` chunk by chunk and records finished chunks in ``progress.json``;
 a killed build resumes at its first unfinished chunk, and the finished folder is renamed into place.
 ``<root>/<key>.lock`` (``flock``) keeps two processes from building or deleting the same entry at once.
+
+*Prebuilt* folders (read-only, e.g. ``prebuilt/`` inside a shipped teacher) hold finished entries in the same
+layout; an entry missing from ``<root>`` is copied from the first prebuilt folder whose copy passes the same
+manifest and SHA-256 checks, instead of being computed. A damaged prebuilt copy is skipped, never deleted.
 """
 
 from __future__ import annotations
@@ -108,10 +112,11 @@ class CachedFeatures:
 
 
 class FeatureStore:
-    """Feature cache entries under ``root`` (default :func:`default_root`)."""
+    """Feature cache entries under ``root`` (default :func:`default_root`), seeded from ``prebuilt`` folders."""
 
-    def __init__(self, root: str | os.PathLike | None = None) -> None:
+    def __init__(self, root: str | os.PathLike | None = None, prebuilt: tuple[Path, ...] = ()) -> None:
         self.root = Path(root).expanduser() if root is not None else default_root()
+        self.prebuilt = tuple(Path(folder) for folder in prebuilt)
 
     def open(self, key: str) -> CachedFeatures | None:
         """The verified entry ``key``; ``None`` if absent, or if damaged (then it is deleted)."""
@@ -146,6 +151,9 @@ class FeatureStore:
                     "feature cache entry %s holds other arrays than asked for; rebuilding it", cached.path
                 )
                 self._discard(cached.path)
+            adopted = self._adopt_prebuilt(key, plan)
+            if adopted is not None:
+                return adopted
             partial = self.root / f"{key}.partial"
             done = _prepare(partial, plan)
             _fill(partial, plan, done, compute, progress)
@@ -177,6 +185,26 @@ class FeatureStore:
             self._discard(path)
             return None
         return CachedFeatures(key, path, arrays)
+
+    def _adopt_prebuilt(self, key: str, plan: dict) -> CachedFeatures | None:
+        """A verified copy of a prebuilt entry ``key`` with the plan's arrays, placed under ``root``; else None."""
+        for folder in self.prebuilt:
+            source = folder / key
+            if not source.is_dir():
+                continue
+            try:
+                arrays = _verified_arrays(source, _read_manifest(source, key))
+            except _Stale as exc:
+                log.warning("prebuilt feature entry %s %s; computing it instead", source, exc)
+                continue
+            if _layout(arrays) != _layout_of_plan(plan):
+                continue
+            staging = self.root / f"{key}.prebuilt-{uuid.uuid4().hex[:12]}"
+            shutil.copytree(source, staging)
+            os.rename(staging, self.root / key)
+            log.info("feature entry %s copied from %s", key[:12], folder)
+            return self._open_locked(key)
+        return None
 
     def _discard(self, path: Path) -> None:
         """Move the entry aside (atomic), then delete it."""

@@ -31,7 +31,7 @@ from semanticfl.data.transforms import BatchTransform
 from semanticfl.errors import UserError
 from semanticfl.teachers.base import AnchorRequest, ExtractionSettings, FeatureRequest, resolve_layer_names
 from semanticfl.teachers.diffusion import DiffusionTeacher
-from semanticfl.teachers.loading import load_teacher
+from semanticfl.teachers.loading import load_teacher, prebuilt_entries
 from semanticfl.teachers.reduction import FeatureReducer
 from semanticfl.teachers.store import CachedFeatures, FeatureStore, store_key
 
@@ -183,7 +183,7 @@ class TeacherTargets:
         self.inputs = inputs
         self.config = inputs.config
         self.progress = progress
-        self.store = FeatureStore(self.config.cache_dir or None)
+        self.store = FeatureStore(self.config.cache_dir or None, prebuilt_entries(self.config, inputs.dataset.name))
         self._pool: dict[str, CachedFeatures] = {}
 
     @cached_property
