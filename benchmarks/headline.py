@@ -267,10 +267,10 @@ def plot_ablations(table: dict, path: Path) -> None:
     ax.bar(range(len(bars)), means, yerr=[rows[m]["std"] for m in bars], capsize=4, color="C0")
     for i, m in enumerate(bars):
         ax.annotate(f"{means[i]:.1f} (n={len(rows[m]['seeds'])})", (i, means[i] + rows[m]["std"]), ha="center",
-                    va="bottom",
-                    xytext=(0, 6), textcoords="offset points", fontsize=8)
+                    va="bottom", xytext=(0, 6), textcoords="offset points", fontsize=8)
     labels = [m.replace("semanticfl_", "").replace("anchors", "prompt-only anchors") for m in bars]
     ax.set_xticks(range(len(bars)), labels, rotation=25, ha="right")
+    ax.set_ylim(0, 1.12 * max(mean + rows[m]["std"] for mean, m in zip(means, bars)))  # room for the labels
     ax.set_ylabel("final test accuracy (%)")
     ax.set_title(protocol_title().replace(", seed 0", "") + ", Dir(0.1): ablations (mean ± std over seeds)",
                  fontsize=10)
