@@ -173,6 +173,19 @@ def test_the_validation_split_leaves_out_the_server_images_clients_receive(small
     assert np.array_equal(generated.validation_indices, generated.holdout_indices)  # nothing of it sent
 
 
+def test_sharing_the_public_split_needs_no_teacher(tmp_path):
+    """The ``datashare`` control on real images runs where no teacher ships (CIFAR-10) and none is set."""
+    shared = Experiment(load_config("cifar10_cnn", [
+        "algorithm.name=datashare", "algorithm.datashare.source=public", "algorithm.datashare.per_class=2",
+        "data.server_holdout=10000", f"teacher.cache_dir={tmp_path}"]))
+    (request,) = shared.algorithm.teacher_requests().guidance
+    sent = guidance_set(shared.teacher_targets, request)
+    assert np.bincount(sent.labels).tolist() == [2] * 10 and sent.images.shape == (20, 3, 32, 32)
+    assert sent.features is None
+    with pytest.raises(UserError, match="no offline teacher ships for dataset 'cifar10'"):
+        shared.teacher_targets.teacher  # noqa: B018 -- asking for the teacher itself still says what to do
+
+
 def test_teacher_sample_writes_images_and_a_grid_and_bad_input_writes_nothing(tmp_path):
     env = {"SEMANTICFL_CACHE": str(tmp_path / "cache")}
     out = tmp_path / "samples"

@@ -65,11 +65,12 @@ PREBUILT = "prebuilt"
 
 
 def prebuilt_entries(cfg: TeacherConfig, dataset_name: str) -> tuple[Path, ...]:
-    """The teacher folder's ``prebuilt/`` store entries, if it has any (a hub id has none)."""
-    if cfg.kind == "stable_diffusion":
-        folder = Path(cfg.path).expanduser() if cfg.path else None
+    """The teacher folder's ``prebuilt/`` store entries, if it has any (a hub id has none). A run
+    without a teacher (the ``datashare`` control on the public split) has none and needs no folder."""
+    if cfg.path:
+        folder = Path(cfg.path).expanduser()
     else:
-        folder = offline_teacher_folder(cfg, dataset_name)
+        folder = None if cfg.kind == "stable_diffusion" else shipped_teacher_dir(dataset_name)
     return (folder / PREBUILT,) if folder is not None and (folder / PREBUILT).is_dir() else ()
 
 
