@@ -64,6 +64,17 @@ def test_feddifrcs_other_settings_wait_for_all_its_validation_rows_and_take_the_
     assert "(val-chosen)" in headline.markdown(headline.results())
 
 
+def test_semanticfls_line_is_its_best_private_candidate_on_val_drawn_once(bench):
+    finish_run(bench / "out", "dir0.1-semanticfl_guidance-s0", 40.0, 36.0)
+    assert headline.chosen_line(headline.results(), "semanticfl_val") == "semanticfl_guidance"  # until both ran
+    finish_run(bench / "out", "dir0.1-semanticfl_guidance_gce0.1-s0", 38.0, 46.0)
+    assert headline.chosen_line(headline.results(), "semanticfl_val") == "semanticfl_guidance_gce0.1"
+    assert headline.chosen_line(headline.results(), "fedavg") == "fedavg"
+    control = headline.overrides("dir0.1-generated_ce0.1_control-s0")
+    assert {"algorithm.semanticfl.lambda_guidance_ce=0.1", "algorithm.semanticfl.lambda_kd=0",
+            "algorithm.semanticfl.lambda_con=0", f"teacher.path={headline.TEACHER}"} <= set(control)
+
+
 def test_rows_run_with_the_protocol_and_the_teacher_only_where_used():
     fedavg, guidance = headline.overrides("c2-fedavg-s2"), headline.overrides("dir0.1-semanticfl_guidance-s0")
     assert {"train.rounds=30", "train.local_epochs=5", "train.fraction_fit=0.5", "data.server_holdout=10000",
