@@ -208,7 +208,7 @@ def default_rows() -> list[str]:
 def markdown(table: dict) -> str:
     settings = list(table)
     methods = [m for m in METHODS if any(m in table[s] for s in settings)]
-    chosen = {val_choice(table, candidates) for candidates in VAL_CHOICES.values()}
+    chosen = val_chosen(table)
     lines = ["| method | " + " | ".join(settings) + " | val (dir0.1) | s/round | MB/client/round |",
              "|---|" + "---|" * (len(settings) + 3)]
     for method in methods:
@@ -232,6 +232,11 @@ def protocol_title() -> str:
             f"{PROTOCOL['rounds']} rounds × {PROTOCOL['local_epochs']} local epochs, seed 0")
 
 
+def val_chosen(table: dict) -> set[str | None]:
+    """The methods the validation split has picked (one per ``VAL_CHOICES`` entry, ``None`` if not yet)."""
+    return {val_choice(table, candidates) for candidates in VAL_CHOICES.values()}
+
+
 def chosen_line(table: dict, line: str) -> str:
     """A main line's method: the val-chosen candidate for a ``*_val`` line (its first until all have run)."""
     if line not in VAL_CHOICES:
@@ -247,12 +252,14 @@ def plot_curves(table: dict, path: Path) -> None:
     fig = Figure(figsize=(11, 7.5), dpi=110, layout="constrained")
     axes = fig.subplots(2, 2, sharey=True).ravel()
     colours = {m: f"C{i}" for i, m in enumerate(lines)}
+    chosen = val_chosen(table)
     for ax, setting in zip(axes, SETTINGS):
         for method in lines:
             curve = table.get(setting, {}).get(method, {}).get("per_seed", {}).get("0", {}).get("curve")
             if curve:
                 xs, ys = zip(*curve)
-                ax.plot(xs, ys, marker="o", markersize=2.5, color=colours[method], label=method)
+                ax.plot(xs, ys, marker="o", markersize=2.5, color=colours[method],
+                        label=f"{method} (val-chosen)" if method in chosen else method)
         if not ax.get_lines():
             ax.text(0.5, 0.5, "not run yet", ha="center", va="center", transform=ax.transAxes, color="grey")
         ax.set_xlim(0, PROTOCOL["rounds"] + 1)
