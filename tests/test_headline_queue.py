@@ -48,6 +48,7 @@ def test_a_seed_run_in_another_session_joins_the_committed_seeds(bench):
                                                                                      [30.0, 34.0], 32.0)
     assert row["mb_per_client_round"] == 0.496
     assert row["per_seed"]["1"]["curve"] == [[2, 24.0], [30, 34.0]]
+    assert headline.tail_mean(row) == 27.0  # both evaluations of both seeds: (20 + 30 + 24 + 34) / 4
     assert headline.results()["dir0.1"]["protocol"] == {"rounds": 30, "local_epochs": 5, "clients_per_round": 5}
 
 
