@@ -79,6 +79,9 @@ ABLATIONS = {
                                     f"{S}.layer_dims=[32]"],
     "semanticfl_guidance_no_kd": [*SEMANTICFL["semanticfl_guidance"], f"{S}.lambda_kd=0"],
     "semanticfl_guidance_no_con": [*SEMANTICFL["semanticfl_guidance"], f"{S}.lambda_con=0"],
+    # the same two at a tenth of the guidance CE, where the feature terms are what separates the row from its control
+    "semanticfl_guidance_gce0.1_no_kd": [*SEMANTICFL["semanticfl_guidance_gce0.1"], f"{S}.lambda_kd=0"],
+    "semanticfl_guidance_gce0.1_no_con": [*SEMANTICFL["semanticfl_guidance_gce0.1"], f"{S}.lambda_con=0"],
 }
 # The controls: the same images without the teacher's features (generated), the server's real split shared.
 CONTROLS = {
@@ -97,7 +100,10 @@ VAL_CHOICES = {"feddifrc_val": FEDDIFRC,
 # The pictures' lines (at most eight) and the ablation chart's bars.
 MAIN_LINES = ("fedavg", "fedprox", "scaffold", "moon", "feddifrc_val", "semanticfl_guidance", "semanticfl_val",
               "datashare_generated")
-ABLATION_BARS = ("semanticfl_guidance", *ABLATIONS, "semanticfl_anchors", "datashare_generated", "fedavg")
+ABLATION_BARS = ("semanticfl_guidance", "semanticfl_guidance_no_latent", "semanticfl_guidance_no_unet",
+                 "semanticfl_guidance_no_kd", "semanticfl_guidance_no_con", "semanticfl_anchors", "datashare_generated",
+                 "semanticfl_guidance_gce0.1", "semanticfl_guidance_gce0.1_no_kd", "semanticfl_guidance_gce0.1_no_con",
+                 "generated_ce0.1_control", "fedavg")
 
 
 def parse_row(name: str) -> tuple[str, str, int]:
@@ -297,7 +303,7 @@ def plot_ablations(table: dict, path: Path) -> None:
     bars = [m for m in ABLATION_BARS if m in rows]
     if "semanticfl_guidance" not in bars:  # nothing to ablate yet
         return
-    fig = Figure(figsize=(9, 4.5), dpi=110, layout="constrained")
+    fig = Figure(figsize=(11, 5), dpi=110, layout="constrained")
     ax = fig.subplots()
     means = [rows[m]["mean"] for m in bars]
     ax.bar(range(len(bars)), means, yerr=[rows[m]["std"] for m in bars], capsize=4, color="C0")
