@@ -35,7 +35,7 @@ from semanticfl.engine.outputs import RunDirectory
 
 OUT = Path("benchmarks/out/headline")
 RESULTS = Path("benchmarks/results/headline.json")
-TEACHER = Path("benchmarks/teachers/cifar10")  # committed (fp16, 12.7 MB): later sessions reuse it
+TEACHER = Path("benchmarks/teachers/cifar10")  # git-ignored: trained by ensure_teacher when missing
 TEACHER_STEPS = 5000
 PROTOCOL = {"rounds": 30, "local_epochs": 5, "clients_per_round": 5}
 NUM_CLIENTS = 10
@@ -222,7 +222,7 @@ def markdown(table: dict) -> str:
         cells = [_cell(table[s].get(method)) for s in settings]
         val = table.get("dir0.1", {}).get(method, {}).get("val_mean")
         tail = tail_mean(table.get("dir0.1", {}).get(method))
-        label = f"{method} (val-chosen)" if method in chosen else method
+        label = labelled(method, chosen)
         lines.append(f"| {label} | " + " | ".join(cells) + f" | {_number(val)} | {_number(tail)} "
                      f"| {statistics.fmean(r['s_per_round'] for r in rows):.1f} | {rows[0]['mb_per_client_round']:.3f} |")
     return "\n".join(lines)
@@ -259,6 +259,10 @@ def val_chosen(table: dict) -> set[str | None]:
     return {val_choice(table, candidates) for candidates in VAL_CHOICES.values()}
 
 
+def labelled(method: str, chosen: set[str | None]) -> str:
+    return f"{method} (val-chosen)" if method in chosen else method
+
+
 def chosen_line(table: dict, line: str) -> str:
     """A main line's method: the val-chosen candidate for a ``*_val`` line (its first until all have run)."""
     if line not in VAL_CHOICES:
@@ -281,7 +285,7 @@ def plot_curves(table: dict, path: Path) -> None:
             if curve:
                 xs, ys = zip(*curve)
                 ax.plot(xs, ys, marker="o", markersize=2.5, color=colours[method],
-                        label=f"{method} (val-chosen)" if method in chosen else method)
+                        label=labelled(method, chosen))
         if not ax.get_lines():
             ax.text(0.5, 0.5, "not run yet", ha="center", va="center", transform=ax.transAxes, color="grey")
         ax.set_xlim(0, PROTOCOL["rounds"] + 1)
